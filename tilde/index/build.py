@@ -1,0 +1,251 @@
+"""The ``tilde index`` job: encode a collection with a TILDEv2 model into an index directory.
+
+Resumable (chunks under ``<output>/.partial``), shardable (``shard=(i, n)`` takes a contiguous
+slice of the collection so merged shards equal an unsharded build byte for byte), metered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tilde import __version__
+from tilde.index.format import MANIFEST, TOKENIZER, IndexFormatError, Manifest
+from tilde.index.writer import PARTIAL, ChunkStore, finalize, pool_postings, remove_index_files
+from tilde.io import FormatError, Passage, atomic_path, count_lines, read_collection
+from tilde.metering import Recorder, default_meter
+from tilde.text import TextProcessor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BuildSummary", "build_index", "expansion_meta_path", "parse_shard"]
+
+
+def expansion_meta_path(collection: str | os.PathLike[str]) -> Path:
+    """Sidecar where the expansion job records its settings; the index manifest copies them."""
+    return Path(str(collection) + ".meta.json")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" -> (i, n) with 0 <= i < n."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), not {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    output: Path
+    passages: int
+    postings: int
+    bytes_on_disk: int
+    seconds: float
+    joules: float
+    method: str
+    empty_passages: int
+    resumed_from: int
+
+    @property
+    def passages_per_s(self) -> float:
+        return self.passages / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def bytes_per_posting(self) -> float:
+        return self.bytes_on_disk / self.postings if self.postings else 0.0
+
+    def format(self) -> str:
+        return (
+            f"indexed {self.passages} passages ({self.empty_passages} with no postings) into {self.output}: "
+            f"{self.postings} postings, {self.bytes_per_posting:.2f} bytes/posting (postings arrays), "
+            f"{self.seconds:.1f} s, {self.passages_per_s:.1f} passages/s, {self.joules:.1f} J "
+            f"({self.joules / max(self.passages, 1):.4f} J/passage, {self.method})"
+            + (f"; resumed after {self.resumed_from} passages" if self.resumed_from else "")
+        )
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"collection": str(path.resolve()), "collection_bytes": st.st_size, "collection_mtime_ns": st.st_mtime_ns}
+
+
+def _passage_ids(p: Passage, text: TextProcessor, vocab_size: int, where: str) -> list[int]:
+    if p.ids is not None:
+        ids = list(p.ids)
+        if ids and max(ids) >= vocab_size:
+            raise FormatError(f"{where}:{p.line}: token id {max(ids)} is outside the tokenizer's vocabulary ({vocab_size})")
+        return ids
+    return text.token_ids(p.text or "").tolist()
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency of the index extra
+        return None
+    return tqdm(total=total, initial=initial, unit="psg", disable=not enabled, dynamic_ncols=True)
+
+
+def build_index(
+    model: str,
+    collection: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    tokenizer: str | None = None,
+    batch_size: int = 32,
+    chunk_batches: int = 64,
+    shard: tuple[int, int] = (0, 1),
+    device: str = "cpu",
+    weight_dtype: str = "float16",
+    overwrite: bool = False,
+    progress: bool = True,
+    recorder: Recorder | None = None,
+    stop_after_chunks: int | None = None,
+) -> BuildSummary:
+    """Encode ``collection`` with TILDEv2 ``model`` and write a memory-mappable index to ``output``.
+
+    Re-running after a crash resumes after the last complete chunk and yields the same bytes as
+    an uninterrupted build (same batches, same arithmetic). ``stop_after_chunks`` simulates an
+    interruption (tests)."""
+    import torch
+
+    from tilde.model import MAX_PASSAGE_TOKENS, encode, load_model, passage_input_ids, weights_hash
+
+    if batch_size < 1 or chunk_batches < 1:
+        raise ValueError("batch size and chunk size must be positive")
+    if weight_dtype not in ("float16", "uint8"):
+        raise ValueError(f"--weights must be float16 or uint8, not {weight_dtype!r}")
+    coll = Path(collection)
+    if not coll.is_file():
+        raise FileNotFoundError(f"{coll}: no such collection file")
+    out = Path(output)
+    if (out / MANIFEST).exists():
+        if not overwrite:
+            raise IndexFormatError(f"{out} already holds an index; pass --overwrite to replace it")
+        remove_index_files(out)
+    if overwrite:
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+
+    recorder = recorder or Recorder(default_meter(scope="process"), keep=False)
+    started = time.perf_counter()
+    joules0 = recorder.meter.read()
+    text = TextProcessor.load(tokenizer if tokenizer is not None else model)
+    net = load_model(model, device=device)
+    model_sha = weights_hash(net)
+    cls_id, sep_id, pad_id = text.special_id("[CLS]"), text.special_id("[SEP]"), text.special_id("[PAD]")
+    stop_mask = np.zeros(text.vocab_size, dtype=np.bool_)
+    stop_mask[text.stop_ids] = True
+
+    total = count_lines(coll)
+    i, n = shard
+    start, stop = i * total // n, (i + 1) * total // n
+    chunk_size = batch_size * chunk_batches
+    identity = {
+        **_file_identity(coll),
+        "model_sha256": model_sha,
+        "vocab_sha256": text.vocab_hash,
+        "shard": [i, n],
+        "batch_size": batch_size,
+        "chunk_size": chunk_size,
+        "max_passage_tokens": MAX_PASSAGE_TOKENS,
+    }
+    store = ChunkStore(out, identity)
+    done_chunks = store.completed()
+    resume_row = start + done_chunks * chunk_size
+    bar = _progress(stop - start, min(resume_row, stop) - start, progress)
+
+    def passages() -> Iterator[Passage]:
+        for row, p in enumerate(read_collection(coll)):
+            if row >= stop:
+                break
+            if row >= resume_row:
+                yield p
+
+    k = done_chunks
+    buf_ids: list[str] = []
+    buf_post: list[tuple[np.ndarray, np.ndarray]] = []
+    batch: list[Passage] = []
+    written_chunks = 0
+
+    def flush_batch() -> None:
+        inputs = [passage_input_ids(_passage_ids(p, text, text.vocab_size, str(coll)), cls_id, sep_id) for p in batch]
+        with recorder.measure("encode", items=len(batch)), torch.inference_mode():
+            weights = encode(net, inputs, pad_id=pad_id)
+        for p, ids, w in zip(batch, inputs, weights):
+            toks, ws = pool_postings(np.asarray(ids), w, stop_mask)
+            buf_ids.append(p.pid)
+            buf_post.append((toks, ws))
+        if bar is not None:
+            bar.update(len(batch))
+        batch.clear()
+
+    try:
+        for p in passages():
+            batch.append(p)
+            if len(batch) == batch_size:
+                flush_batch()
+                if len(buf_ids) == chunk_size:
+                    store.write(k, buf_ids, buf_post)
+                    k += 1
+                    written_chunks += 1
+                    buf_ids.clear()
+                    buf_post.clear()
+                    if stop_after_chunks is not None and written_chunks >= stop_after_chunks:
+                        raise KeyboardInterrupt("stopped after the requested number of chunks")
+        if batch:
+            flush_batch()
+        if buf_ids:
+            store.write(k, buf_ids, buf_post)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    meta_path = expansion_meta_path(coll)
+    expansion = json.loads(meta_path.read_text("utf-8")) if meta_path.is_file() else None
+    manifest = Manifest(
+        num_passages=0,
+        num_postings=0,
+        token_dtype="uint16",
+        weight_dtype=weight_dtype,
+        docid_kind="int",
+        docids_sorted=True,
+        vocab_size=text.vocab_size,
+        vocab_sha256=text.vocab_hash,
+        model=str(model),
+        model_sha256=model_sha,
+        tilde_version=__version__,
+        max_passage_tokens=MAX_PASSAGE_TOKENS,
+        expansion=expansion,
+        shard={"index": i, "count": n, "start": start, "stop": stop, "total": total} if n > 1 else None,
+    )
+    with atomic_path(out / TOKENIZER) as tmp:
+        text.tokenizer.save(str(tmp))
+    final = finalize(store.chunks(), out, manifest, weight_dtype=weight_dtype)
+    store.remove()
+    seconds = time.perf_counter() - started
+    offsets = np.load(out / "offsets.npy", mmap_mode="r")
+    empty = int(np.count_nonzero(np.diff(offsets) == 0))
+    size = sum((out / f).stat().st_size for f in ("tokens.npy", "weights.npy"))
+    return BuildSummary(
+        output=out,
+        passages=final.num_passages,
+        postings=final.num_postings,
+        bytes_on_disk=size,
+        seconds=seconds,
+        joules=recorder.meter.read() - joules0,
+        method=recorder.method,
+        empty_passages=empty,
+        resumed_from=resume_row - start,
+    )

@@ -1,0 +1,190 @@
+"""Opening an index: memory-mapped arrays, validated against the manifest, and docid lookup
+by ``searchsorted`` (no per-passage Python objects, so opening MS MARCO takes milliseconds)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from tilde.index.format import (
+    DOCIDS,
+    DOCIDS_ORDER,
+    DOCIDS_SORTED,
+    MANIFEST,
+    OFFSETS,
+    TOKENIZER,
+    TOKENS,
+    WEIGHTS,
+    IndexFormatError,
+    Manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TildeIndex"]
+
+
+def _load(path: Path, dtype: str | np.dtype, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise IndexFormatError(f"{path}: missing (the index is incomplete; rebuild it)")
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        # np.load of a truncated .npy raises "mmap length is greater than file size" and friends.
+        raise IndexFormatError(f"{path}: damaged array file ({exc})") from exc
+    expected = np.dtype(dtype)
+    if arr.dtype != expected and not (expected.kind == "S" and arr.dtype.kind == "S"):
+        raise IndexFormatError(f"{path}: dtype {arr.dtype}, manifest says {expected}")
+    if arr.shape != shape:
+        raise IndexFormatError(f"{path}: shape {arr.shape}, manifest says {shape}")
+    return arr
+
+
+@dataclass(frozen=True)
+class TildeIndex:
+    """A read-only, memory-mapped TILDEv2 index. Open with :meth:`open`."""
+
+    path: Path
+    manifest: Manifest
+    offsets: np.ndarray
+    tokens: np.ndarray
+    weights: np.ndarray
+    docids: np.ndarray
+    docids_sorted: np.ndarray
+    docids_order: np.ndarray | None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], mmap: bool = True) -> TildeIndex:
+        """Open and validate an index directory. Every check here is O(1) in the index size
+        (shapes, dtypes, end offsets); :meth:`verify` does the full O(N) scan."""
+        root = Path(path)
+        if not root.is_dir():
+            raise IndexFormatError(f"{root}: no such index directory")
+        mpath = root / MANIFEST
+        if not mpath.is_file():
+            hint = " (an unfinished build: re-run `tilde index` to resume)" if (root / ".partial").exists() else ""
+            raise IndexFormatError(f"{root}: no {MANIFEST}; not a tilde index{hint}")
+        m = Manifest.from_json(mpath.read_text("utf-8"), str(mpath))
+        n, p = m.num_passages, m.num_postings
+        offsets = _load(root / OFFSETS, np.int64, (n + 1,), mmap)
+        tokens = _load(root / TOKENS, m.token_dtype, (p,), mmap)
+        weights = _load(root / WEIGHTS, m.weight_dtype, (p,), mmap)
+        id_dtype = np.int64 if m.docid_kind == "int" else np.dtype("S1")
+        docids = _load(root / DOCIDS, id_dtype, (n,), mmap)
+        if offsets[0] != 0 or offsets[-1] != p:
+            raise IndexFormatError(f"{root}: offsets do not span the postings (0..{p}); the index is damaged")
+        order = None
+        sorted_ids = docids
+        if not m.docids_sorted:
+            sorted_ids = _load(root / DOCIDS_SORTED, docids.dtype, (n,), mmap)
+            order = _load(root / DOCIDS_ORDER, np.int64, (n,), mmap)
+        return cls(root, m, offsets, tokens, weights, docids, sorted_ids, order)
+
+    def __len__(self) -> int:
+        return self.manifest.num_passages
+
+    @cached_property
+    def weight_table(self) -> np.ndarray:
+        """float32 value of every possible stored weight code: the kernel reads weights through
+        it, so float16 and uint8 indexes share one scoring loop."""
+        if self.manifest.weight_dtype == "float16":
+            return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+        assert self.manifest.weight_scale is not None
+        return (np.arange(256, dtype=np.float64) * self.manifest.weight_scale).astype(np.float32)
+
+    @cached_property
+    def weight_codes(self) -> np.ndarray:
+        """The weights array viewed as unsigned integer codes (numba has no float16 loads)."""
+        return self.weights.view(np.uint16) if self.weights.dtype == np.float16 else self.weights
+
+    @cached_property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER
+
+    def to_keys(self, docids: Sequence[str | int]) -> tuple[np.ndarray, np.ndarray]:
+        """Convert external ids to the index's key dtype. Returns (keys, convertible mask); an id
+        that cannot be a key (e.g. "abc" in an integer-keyed index) is simply not convertible."""
+        n = len(docids)
+        ok = np.ones(n, dtype=np.bool_)
+        if self.manifest.docid_kind == "int":
+            try:
+                keys = np.array(docids, dtype=np.int64) if n else np.zeros(0, np.int64)
+                # np.array("012") parses as 12; the index only holds canonical forms, so re-check
+                # strings cheaply only when some id is a str with a leading zero or sign.
+                for i, d in enumerate(docids):
+                    if isinstance(d, str) and (len(d) > 1 and d[0] == "0" or d[:1] in "+- " or d != d.strip()):
+                        ok[i] = False
+                return keys, ok
+            except (ValueError, TypeError, OverflowError):
+                keys = np.zeros(n, dtype=np.int64)
+                for i, d in enumerate(docids):
+                    s = str(d)
+                    if s.isdigit() and (s == "0" or s[0] != "0") and len(s) < 19:
+                        keys[i] = int(s)
+                    else:
+                        ok[i] = False
+                return keys, ok
+        width = self.docids.dtype.itemsize
+        encoded = [str(d).encode("utf-8") for d in docids]
+        for i, e in enumerate(encoded):
+            if len(e) > width or e.endswith(b"\x00"):
+                ok[i] = False  # longer than any stored id: cannot be in the index
+        keys = np.array([e if ok[i] else b"" for i, e in enumerate(encoded)], dtype=self.docids.dtype)
+        return keys, ok
+
+    def lookup(self, docids: Sequence[str | int]) -> np.ndarray:
+        """Rows of ``docids`` (int64), -1 for ids not in the index."""
+        keys, ok = self.to_keys(docids)
+        n = len(self.docids_sorted)
+        pos = np.searchsorted(self.docids_sorted, keys)
+        pos_c = np.minimum(pos, max(n - 1, 0))
+        found = ok & (pos < n)
+        if n:
+            found &= self.docids_sorted[pos_c] == keys
+        rows = pos_c if self.docids_order is None else self.docids_order[pos_c] if n else pos_c
+        return np.where(found, rows, -1).astype(np.int64)
+
+    def docid(self, row: int) -> str:
+        value = self.docids[row]
+        return value.decode("utf-8") if isinstance(value, bytes) else str(int(value))
+
+    def postings(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, float32 weights) of one row."""
+        lo, hi = int(self.offsets[row]), int(self.offsets[row + 1])
+        return self.tokens[lo:hi].astype(np.int64), self.weight_table[self.weight_codes[lo:hi]]
+
+    def check_tokenizer(self, vocab_sha256: str, vocab_size: int, where: str = "tokenizer") -> None:
+        if vocab_sha256 != self.manifest.vocab_sha256 or vocab_size != self.manifest.vocab_size:
+            raise IndexFormatError(
+                f"{where} does not match the index {self.path}: vocabulary of {vocab_size} entries "
+                f"(sha256 {vocab_sha256[:12]}), the index was built with {self.manifest.vocab_size} "
+                f"(sha256 {self.manifest.vocab_sha256[:12]}). Query ids would point at the wrong tokens."
+            )
+
+    def verify(self) -> None:
+        """Full O(N + P) consistency scan (``tilde index verify``)."""
+        off = np.asarray(self.offsets)
+        if np.any(np.diff(off) < 0):
+            raise IndexFormatError(f"{self.path}: offsets are not monotonic")
+        toks = np.asarray(self.tokens)
+        if toks.size and int(toks.max()) >= self.manifest.vocab_size:
+            raise IndexFormatError(f"{self.path}: token id beyond the vocabulary")
+        step = np.diff(toks.astype(np.int64))
+        starts = off[1:-1]
+        bad = step <= 0
+        bad[starts[(starts > 0) & (starts < toks.size)] - 1] = False  # row boundaries may go down
+        if np.any(bad):
+            raise IndexFormatError(f"{self.path}: tokens not strictly increasing within a row")
+        if self.weights.dtype == np.float16:
+            w = np.asarray(self.weights)
+            if not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise IndexFormatError(f"{self.path}: negative or non-finite weights")
+        ds = np.asarray(self.docids_sorted)
+        if ds.size > 1 and np.any(ds[1:] <= ds[:-1]):
+            raise IndexFormatError(f"{self.path}: docid lookup array is not strictly sorted")
