@@ -1,0 +1,66 @@
+"""The one ``tilde`` command. Each subcommand lives in ``tilde/commands/<name>.py`` with
+``add_arguments(parser)`` and ``main(args) -> int``; heavy imports happen inside ``main``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from tilde import __version__
+
+# name -> (module, one-line help). Adding a subcommand is one line here plus its module.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "index": ("tilde.commands.index", "encode a collection into a TILDEv2 index (also: index merge | verify | info)"),
+    "index-merge": ("tilde.commands.index_merge", "merge shard indexes built with --shard i/n"),
+    "index-verify": ("tilde.commands.index_verify", "full consistency scan of an index"),
+    "index-info": ("tilde.commands.index_info", "print an index's manifest and statistics"),
+    "rerank": ("tilde.commands.rerank", "re-rank a first-stage run file with an index"),
+}
+
+# `tilde index merge ...` reads better than `tilde index-merge ...`; both work.
+_NESTED = {("index", "merge"): "index-merge", ("index", "verify"): "index-verify", ("index", "info"): "index-info"}
+
+
+class CommandError(Exception):
+    """An error a command reports as one line, with exit status 2 (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tilde", description="TILDEv2 passage re-ranking on CPUs")
+    parser.add_argument("--version", action="version", version=f"tilde {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if len(args_list) >= 2 and (args_list[0], args_list[1]) in _NESTED:
+        args_list = [_NESTED[(args_list[0], args_list[1])], *args_list[2:]]
+    args = build_parser().parse_args(args_list)
+    # The CLI is an application, so it (unlike the library) may configure logging.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.main(args) or 0)
+    except KeyboardInterrupt:
+        print("tilde: interrupted", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, KeyError, FileNotFoundError, OSError) as exc:
+        if args.verbose:
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"tilde {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""tilde rerank --index DIR --queries FILE --run FILE --output FILE [--format trec|msmarco]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, help="index directory")
+    p.add_argument("--queries", required=True, help="qid<TAB>text TSV or JSONL")
+    p.add_argument("--run", required=True, help="first-stage run (TREC 6-column or MS MARCO 3-column)")
+    p.add_argument("--output", required=True, help="re-ranked run to write")
+    p.add_argument("--format", choices=("trec", "msmarco"), default="trec", help="output run format")
+    p.add_argument("--depth", type=int, default=None, help="re-rank only the first DEPTH candidates per query")
+    p.add_argument("--top-n", type=int, default=None, help="write at most TOP_N results per query")
+    p.add_argument("--missing", choices=("error", "skip", "zero"), default="error",
+                   help="candidates not in the index: fail, leave out, or append with score 0 (default error)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one stored with the index)")
+    p.add_argument("--tag", default="tilde")
+
+
+def main(args: argparse.Namespace) -> int:
+    from tilde.cli import CommandError
+    from tilde.io import read_queries, read_run, write_run
+    from tilde.metering import Recorder, default_meter, format_summary, percentile
+    from tilde.rank import Reranker, UnknownDocidError
+
+    recorder = Recorder(default_meter(scope="thread"), keep=False)
+    reranker = Reranker.load(args.index, tokenizer=args.tokenizer, missing=args.missing, recorder=recorder)
+    queries = {q.qid: q.text for q in read_queries(args.queries)}
+    run = read_run(args.run)
+    absent = [qid for qid in run if qid not in queries]
+    if absent:
+        raise CommandError(f"{len(absent)} run queries have no text in {args.queries}, e.g. {absent[:5]}")
+    reranker.warmup()
+    recorder.reset()
+    out: dict[str, list[tuple[str, float]]] = {}
+    per_query: list[float] = []
+    n_missing = 0
+    for qid, entries in run.items():
+        cands = [e.docid for e in (entries if args.depth is None else entries[: args.depth])]
+        t0 = time.perf_counter()
+        try:
+            res = reranker.rerank(queries[qid], cands, top_n=args.top_n)
+        except UnknownDocidError as exc:
+            raise CommandError(f"query {qid}: {exc} (use --missing skip|zero to continue)") from None
+        per_query.append((time.perf_counter() - t0) * 1e3)
+        n_missing += len(res.missing)
+        out[qid] = [(d.docid, d.score) for d in res.results]
+    write_run(args.output, out, fmt=args.format, tag=args.tag)
+    n = len(per_query)
+    cands_total = sum(len(v) for v in run.values())
+    print(f"re-ranked {n} queries ({cands_total} candidates) -> {args.output}", file=sys.stderr)
+    if n_missing:
+        print(f"{n_missing} candidates were not in the index (policy {args.missing})", file=sys.stderr)
+    if n:
+        summary = recorder.summary()
+        joules = sum(s.joules for s in summary.values())
+        print(format_summary(summary, recorder.method, per="item"), file=sys.stderr)
+        print(
+            f"latency per query: p50 {percentile(per_query, 50):.3f} ms, p99 {percentile(per_query, 99):.3f} ms, "
+            f"mean {sum(per_query) / n:.3f} ms; energy {joules / n:.6f} J/query ({recorder.method})",
+            file=sys.stderr,
+        )
+    return 0
