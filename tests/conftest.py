@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny WordPiece vocabulary and tiny TILDEv2 models built from a BertConfig
+(never a download), and the location of ../shared/data for data tests (skipped when absent)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REFERENCE = SHARED_DATA / "reference"
+
+WORDS = (
+    "the a an of to is what how when who why which in on for and or not cat cats dog dogs bird "
+    "fish tree trees house car cars road river bank money water fire light dark sun moon star "
+    "city town music song book books read write paper science data model neural search rank "
+    "query passage text word words fast slow big small red blue green one two three four five "
+    "year day time people world food eat drink sleep run walk play game ball team win lose"
+).split()
+SUFFIXES = ["##s", "##ing", "##ed", "##er", "##ly", "##x", "##z"]
+
+
+def write_vocab(folder: Path) -> Path:
+    """A BERT-style vocab: specials first, punctuation, words, word pieces (ids are stable)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "?", "!", "-", "'"]
+    tokens += WORDS + SUFFIXES + [c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    tokens += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    seen: list[str] = []
+    for t in tokens:
+        if t not in seen:
+            seen.append(t)
+    (folder / "vocab.txt").write_text("\n".join(seen) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}), encoding="utf-8")
+    return folder
+
+
+def make_tildev2(folder: Path, seed: int = 0, vocab_dir: Path | None = None) -> Path:
+    """A tiny random TILDEv2 checkpoint saved in the official layout, with tokenizer files."""
+    import torch
+    from transformers import BertConfig
+
+    from tilde.model import TildeV2
+
+    if vocab_dir is None:
+        write_vocab(folder)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.txt", "tokenizer_config.json"):
+            (folder / name).write_bytes((vocab_dir / name).read_bytes())
+    vocab_size = len((folder / "vocab.txt").read_text("utf-8").splitlines())
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=256)
+    torch.manual_seed(seed)
+    model = TildeV2(cfg)
+    with torch.no_grad():
+        model.tok_proj.bias.fill_(0.1)  # most ReLU outputs > 0, so indexes are not empty
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def vocab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_vocab(tmp_path_factory.mktemp("vocab"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tildev2(tmp_path_factory.mktemp("tiny-tildev2"))
+
+
+@pytest.fixture()
+def tiny_collection(tmp_path: Path) -> Path:
+    rows = [
+        ("10", "the cat sat on the road"),
+        ("3", "dogs run in the park and play ball"),
+        ("7", "how to read a book fast"),
+        ("25", "fish swim in the river near the bank"),
+        ("1", "neural search models rank passages"),
+        ("8", "money in the bank"),
+        ("40", "a big red car on a small road"),
+        ("2", "the sun and the moon and the stars"),
+        ("11", ""),
+    ]
+    path = tmp_path / "collection.tsv"
+    path.write_text("".join(f"{pid}\t{text}\n" for pid, text in rows), encoding="utf-8")
+    return path
+
+
+def require_reference() -> Path:
+    if not (REFERENCE / "expanded.jsonl").is_file():
+        pytest.skip(f"reference data not found at {REFERENCE}")
+    return REFERENCE
