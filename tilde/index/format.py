@@ -7,7 +7,8 @@ An index is a directory::
     tokens.npy           uint16 [P]    token ids, strictly increasing within a row
     weights.npy          float16 [P]   max-pooled ReLU(tok_proj) weight of that token in that row
                          (or uint8 [P] with manifest weights.scale: weight = q * scale)
-    docids.npy           int64 [N] or |S<w> [N]   external id of each row
+    docids.npy           int64 [N] or |S<w> [N]   external id of each row (absent when the ids
+                         are exactly 0..N-1 in order, as MS MARCO pids: docid_kind "range")
     docids_sorted.npy    (only when docids are not ascending) the ids sorted ...
     docids_order.npy     ... and the row of each sorted id (int64), for searchsorted lookups
     tokenizer.json       the tokenizer the weights were computed with (queries must use it)
@@ -63,7 +64,7 @@ class Manifest:
     num_postings: int
     token_dtype: str  # "uint16" | "uint32"
     weight_dtype: str  # "float16" | "uint8"
-    docid_kind: str  # "int" | "str"
+    docid_kind: str  # "int" | "str" | "range" (ids are 0..N-1 in row order: nothing stored)
     docids_sorted: bool  # True: docids.npy is ascending and doubles as the lookup array
     vocab_size: int
     vocab_sha256: str
@@ -106,6 +107,6 @@ class Manifest:
             raise IndexFormatError(f"{where}: unsupported dtypes {manifest.token_dtype}/{manifest.weight_dtype}")
         if manifest.weight_dtype == "uint8" and not manifest.weight_scale:
             raise IndexFormatError(f"{where}: uint8 weights without a scale")
-        if manifest.docid_kind not in ("int", "str"):
+        if manifest.docid_kind not in ("int", "str", "range"):
             raise IndexFormatError(f"{where}: unknown docid kind {manifest.docid_kind!r}")
         return manifest

@@ -24,6 +24,7 @@ from tilde.index.format import (
     IndexFormatError,
     Manifest,
 )
+from tilde.index.keys import int_keys
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ class TildeIndex:
     offsets: np.ndarray
     tokens: np.ndarray
     weights: np.ndarray
-    docids: np.ndarray
-    docids_sorted: np.ndarray
+    docids: np.ndarray | None  # None for docid_kind "range" (id == row)
+    docids_sorted: np.ndarray | None
     docids_order: np.ndarray | None
 
     @classmethod
@@ -75,10 +76,12 @@ class TildeIndex:
         offsets = _load(root / OFFSETS, np.int64, (n + 1,), mmap)
         tokens = _load(root / TOKENS, m.token_dtype, (p,), mmap)
         weights = _load(root / WEIGHTS, m.weight_dtype, (p,), mmap)
-        id_dtype = np.int64 if m.docid_kind == "int" else np.dtype("S1")
-        docids = _load(root / DOCIDS, id_dtype, (n,), mmap)
         if offsets[0] != 0 or offsets[-1] != p:
             raise IndexFormatError(f"{root}: offsets do not span the postings (0..{p}); the index is damaged")
+        if m.docid_kind == "range":
+            return cls(root, m, offsets, tokens, weights, None, None, None)
+        id_dtype = np.int64 if m.docid_kind == "int" else np.dtype("S1")
+        docids = _load(root / DOCIDS, id_dtype, (n,), mmap)
         order = None
         sorted_ids = docids
         if not m.docids_sorted:
@@ -110,26 +113,11 @@ class TildeIndex:
     def to_keys(self, docids: Sequence[str | int]) -> tuple[np.ndarray, np.ndarray]:
         """Convert external ids to the index's key dtype. Returns (keys, convertible mask); an id
         that cannot be a key (e.g. "abc" in an integer-keyed index) is simply not convertible."""
+        if self.manifest.docid_kind in ("int", "range"):
+            return int_keys(docids)
         n = len(docids)
         ok = np.ones(n, dtype=np.bool_)
-        if self.manifest.docid_kind == "int":
-            try:
-                keys = np.array(docids, dtype=np.int64) if n else np.zeros(0, np.int64)
-                # np.array("012") parses as 12; the index only holds canonical forms, so re-check
-                # strings cheaply only when some id is a str with a leading zero or sign.
-                for i, d in enumerate(docids):
-                    if isinstance(d, str) and (len(d) > 1 and d[0] == "0" or d[:1] in "+- " or d != d.strip()):
-                        ok[i] = False
-                return keys, ok
-            except (ValueError, TypeError, OverflowError):
-                keys = np.zeros(n, dtype=np.int64)
-                for i, d in enumerate(docids):
-                    s = str(d)
-                    if s.isdigit() and (s == "0" or s[0] != "0") and len(s) < 19:
-                        keys[i] = int(s)
-                    else:
-                        ok[i] = False
-                return keys, ok
+        assert self.docids is not None
         width = self.docids.dtype.itemsize
         encoded = [str(d).encode("utf-8") for d in docids]
         for i, e in enumerate(encoded):
@@ -141,6 +129,8 @@ class TildeIndex:
     def lookup(self, docids: Sequence[str | int]) -> np.ndarray:
         """Rows of ``docids`` (int64), -1 for ids not in the index."""
         keys, ok = self.to_keys(docids)
+        if self.docids_sorted is None:  # "range": the id is the row
+            return np.where(ok & (keys >= 0) & (keys < len(self)), keys, -1).astype(np.int64)
         n = len(self.docids_sorted)
         pos = np.searchsorted(self.docids_sorted, keys)
         pos_c = np.minimum(pos, max(n - 1, 0))
@@ -151,6 +141,10 @@ class TildeIndex:
         return np.where(found, rows, -1).astype(np.int64)
 
     def docid(self, row: int) -> str:
+        if self.docids is None:
+            if not 0 <= row < len(self):
+                raise IndexError(row)
+            return str(row)
         value = self.docids[row]
         return value.decode("utf-8") if isinstance(value, bytes) else str(int(value))
 
@@ -185,6 +179,6 @@ class TildeIndex:
             w = np.asarray(self.weights)
             if not np.all(np.isfinite(w)) or np.any(w < 0):
                 raise IndexFormatError(f"{self.path}: negative or non-finite weights")
-        ds = np.asarray(self.docids_sorted)
+        ds = np.asarray(self.docids_sorted) if self.docids_sorted is not None else np.zeros(0)
         if ds.size > 1 and np.any(ds[1:] <= ds[:-1]):
             raise IndexFormatError(f"{self.path}: docid lookup array is not strictly sorted")

