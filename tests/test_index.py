@@ -31,6 +31,7 @@ def _pooled(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 @pytest.mark.parametrize("docids", [
+    ["0", "1", "2", "3", "4"],              # MS MARCO style: ids are rows, nothing stored
     ["1", "2", "3", "10", "20"],            # ascending ints: no lookup permutation needed
     ["30", "2", "1000", "0", "7"],          # unsorted ints
     ["doc-b", "doc-a", "é", "007", "x"],    # strings (and "007" is not an int id)
@@ -49,6 +50,8 @@ def test_roundtrip_and_lookup(tmp_path: Path, docids: list[str]) -> None:
     rows = idx.lookup(query)
     assert rows.tolist() == [docids.index(d) if d in docids else -1 for d in query]
     idx.verify()
+    assert (idx.manifest.docid_kind == "range") == (docids == ["0", "1", "2", "3", "4"])
+    assert (tmp_path / "idx" / "docids.npy").exists() == (idx.manifest.docid_kind != "range")
 
 
 def test_int_index_rejects_non_canonical_ids(tmp_path: Path) -> None:
@@ -56,6 +59,10 @@ def test_int_index_rejects_non_canonical_ids(tmp_path: Path) -> None:
     idx = TildeIndex.open(tmp_path / "idx")
     assert idx.manifest.docid_kind == "int"
     assert idx.lookup(["007", "7", 7, "abc", "-7", "1e3", 12]).tolist() == [-1, 1, 1, -1, -1, -1, 2]
+    write_index(tmp_path / "rng", ["0", "1", "2"], _pooled(3))
+    rng = TildeIndex.open(tmp_path / "rng")
+    assert rng.manifest.docid_kind == "range"
+    assert rng.lookup(["2", 0, "3", -1, "01", "x", 2**40]).tolist() == [2, 0, -1, -1, -1, -1, -1]
 
 
 def test_duplicate_docids_are_an_error(tmp_path: Path) -> None:
