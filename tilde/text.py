@@ -101,11 +101,8 @@ def expansion_bad_ids(vocab: list[str]) -> np.ndarray:
 
 def vocab_hash(vocab: list[str]) -> str:
     """sha256 of the vocabulary in id order: identifies a tokenizer independently of its files."""
-    h = hashlib.sha256()
-    for token in vocab:
-        h.update(token.encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
+    # Same digest as hashing token + "\n" one by one, in one call (30k updates cost ~60 ms).
+    return hashlib.sha256("".join(t + "\n" for t in vocab).encode("utf-8")).hexdigest()
 
 
 def _bert_tokenizer_from_vocab(vocab_file: Path, lowercase: bool) -> Tokenizer:
