@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tilde.index.keys import _slow, int_keys
+
+ids = st.one_of(
+    st.integers(min_value=-5, max_value=10**19),
+    st.from_regex(r"\A[0-9]{1,20}\Z"),
+    st.text(max_size=6),
+)
+
+
+@settings(deadline=None)
+@given(st.lists(ids, max_size=30))
+def test_fast_parse_equals_definition(values: list[object]) -> None:
+    keys, ok = int_keys(values)
+    want_keys, want_ok = _slow(values)
+    assert ok.tolist() == want_ok.tolist()
+    assert keys[ok].tolist() == want_keys[want_ok].tolist()
+
+
+def test_canonical_forms_only() -> None:
+    keys, ok = int_keys(["0", "7", "007", "", " 7", "7\n", "1" * 18, "1" * 19, "٣", "12a"])
+    assert ok.tolist() == [True, True, False, False, False, False, True, False, False, False]
+    assert keys[:2].tolist() == [0, 7]
