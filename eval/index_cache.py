@@ -1,0 +1,188 @@
+"""Build (expand +) index the passages an evaluation needs, once per model, expander and data.
+
+A cache entry is a directory ``<cache>/<key>/`` holding ``passages.tsv`` (only the needed
+passages, in the data file's order), ``expanded.jsonl`` when an expander is used, ``index/`` (a
+``tilde index``) and ``key.json`` (what the key was computed from). The key is the sha256 of:
+the model's weights hash (:func:`tilde.model.weights_hash`, so a re-saved checkpoint still hits),
+the expander's settings (``tilde.expand``: its weights hash, top-k, max length, dtype), the
+sha256 of the passages file and the sorted set of needed passage ids. An entry is complete when
+its index manifest exists (the index builder writes it last); an interrupted expansion or
+index build resumes from its finished chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tilde.io import atomic_path, atomic_write_text, open_text, read_collection
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CachedIndex", "ExpansionUnavailable", "default_cache_dir", "prepare_index", "resolve_model"]
+
+
+class ExpansionUnavailable(RuntimeError):
+    """``--expander`` was given but the expansion module (``tilde.expand``) cannot run it."""
+
+
+class NoModelError(ValueError):
+    """No ``--model`` and no default model."""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tilde" / "eval"
+
+
+def resolve_model(model: str | None) -> str:
+    """``model``, else the package's embedded default TILDEv2 model
+    (``tilde.models.default_model_path()``) when it is there, else an error naming the flag."""
+    if model:
+        return model
+    why = "tilde.models is not available"
+    try:
+        from tilde.models import default_model_path
+
+        return str(default_model_path())
+    except ImportError:
+        pass
+    except FileNotFoundError as exc:
+        why = str(exc)
+    raise NoModelError(
+        f"no default TILDEv2 model is available yet ({why}): pass --model with a TILDEv2 checkpoint "
+        "(a local directory or a Hugging Face id such as ielab/TILDEv2-TILDE200-exp)"
+    )
+
+
+@dataclass(frozen=True)
+class CachedIndex:
+    path: Path  # the tilde index directory
+    entry: Path  # the cache entry holding it
+    key: str
+    built: bool  # False when it came from the cache
+    passages: int
+    absent: int  # needed passage ids not found in the passages file
+    seconds: float
+    joules: float
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _expansion_module() -> Any:
+    """``tilde.expand``, imported lazily: evaluation without ``--expander`` never needs it."""
+    try:
+        module = importlib.import_module("tilde.expand")
+    except ImportError as exc:
+        raise ExpansionUnavailable(
+            f"--expander needs the expansion module tilde.expand, which cannot be imported ({exc}); "
+            "run without --expander to index the raw passages"
+        ) from exc
+    missing = [name for name in ("load_expander", "expand_collection") if not hasattr(module, name)]
+    if missing:
+        raise ExpansionUnavailable(
+            f"--expander needs tilde.expand.{' and '.join(missing)}, which this version of tilde.expand "
+            "does not provide; run without --expander to index the raw passages"
+        )
+    return module
+
+
+def _expansion_key(expander: Any) -> dict[str, Any]:
+    # The expander's own record of what determines its output (weights hash, top-k, ...),
+    # without the tilde version: a new release that expands the same way keeps the cache.
+    meta = dict(expander.settings.to_meta())
+    meta.pop("tilde_version", None)
+    return meta
+
+
+def _write_subset(passages: Path, needed: set[str], output: Path) -> tuple[int, int]:
+    """Copy the needed passages (file order) to ``output``; returns (written, needed but absent)."""
+    found: set[str] = set()
+    with atomic_path(output) as tmp, open_text(tmp, "wt") as f:
+        for p in read_collection(passages):
+            if p.pid in needed and p.pid not in found:
+                if p.text is None:
+                    raise ValueError(f"{passages}: expected passage text, got token ids")
+                # The TSV writer's only constraints: no tab or line break inside the text.
+                f.write(f"{p.pid}\t{' '.join(p.text.split())}\n")
+                found.add(p.pid)
+    return len(found), len(needed - found)
+
+
+def prepare_index(
+    model: str,
+    passages: str | os.PathLike[str],
+    needed: Iterable[str],
+    *,
+    expander: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> CachedIndex:
+    """The index of the ``needed`` passages of ``passages`` under ``model`` (built or cached)."""
+    from tilde.index.build import build_index
+    from tilde.index.format import MANIFEST, IndexFormatError
+    from tilde.model import load_model, weights_hash
+
+    passages = Path(passages)
+    if not passages.is_file():
+        raise FileNotFoundError(f"{passages}: no such passages file")
+    wanted = set(needed)
+    started = time.perf_counter()
+    model_sha = weights_hash(load_model(model))
+    module = _expansion_module() if expander is not None else None
+    expander_obj = module.load_expander(expander) if module is not None else None
+    pid_hash = hashlib.sha256("\n".join(sorted(wanted)).encode("utf-8")).hexdigest()
+    key_fields: dict[str, Any] = {
+        "model_sha256": model_sha,
+        "expander": None if expander_obj is None else _expansion_key(expander_obj),
+        "passages_sha256": _file_sha256(passages),
+        "pids_sha256": pid_hash,
+    }
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
+    entry = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    entry = entry / key
+    index_dir = entry / "index"
+    info_path = entry / "key.json"
+    if (index_dir / MANIFEST).is_file():
+        info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
+        logger.info("using cached index %s", index_dir)
+        return CachedIndex(index_dir, entry, key, False, int(info.get("passages", 0)), int(info.get("absent", 0)),
+                           time.perf_counter() - started, 0.0)
+
+    entry.mkdir(parents=True, exist_ok=True)
+    subset = entry / "passages.tsv"
+    if subset.is_file():  # same key, same content; keeping its mtime lets a build resume
+        written = sum(1 for _ in read_collection(subset))
+        absent = len(wanted) - written
+    else:
+        written, absent = _write_subset(passages, wanted, subset)
+    if absent:
+        logger.warning("%d needed passages are not in %s", absent, passages)
+    collection = subset
+    if module is not None:
+        collection = entry / "expanded.jsonl"
+        if not collection.is_file():  # the job writes it atomically, and resumes when interrupted
+            module.expand_collection(expander_obj, subset, collection, batch_size=batch_size, progress=progress)
+    try:  # no overwrite first: an interrupted build resumes from its finished chunks
+        summary = build_index(model, collection, index_dir, batch_size=batch_size, progress=progress)
+    except IndexFormatError as exc:
+        logger.warning("starting the cached index over: %s", exc)
+        summary = build_index(model, collection, index_dir, batch_size=batch_size, progress=progress, overwrite=True)
+    atomic_write_text(info_path, json.dumps({**key_fields, "model": model, "passages": written, "absent": absent,
+                                             "source": str(passages.resolve())}, indent=2, sort_keys=True) + "\n")
+    return CachedIndex(index_dir, entry, key, True, written, absent, time.perf_counter() - started, summary.joules)

@@ -1,0 +1,128 @@
+"""Timed, metered first stage and re-ranking over a whole query set.
+
+Every evaluation reports where a query's time goes -- first stage, tokenise, lookup, score,
+sort -- per query, with the energy meter's method stated (RAPL where readable, else a labelled
+CPU-time estimate; see :mod:`tilde.metering`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tilde.metering import Recorder, default_meter, percentile
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["STAGES", "StageTimes", "first_stage", "new_recorder", "rerank_run"]
+
+#: Per-query stages, in pipeline order. "first_stage" only when the evaluation ran it.
+STAGES = ("first_stage", "tokenize", "lookup", "score", "sort")
+
+Run = dict[str, list[tuple[str, float]]]
+
+
+def new_recorder() -> Recorder:
+    # Thread scope: with the CPU-time estimate, only this thread's CPU time is charged to a query.
+    return Recorder(default_meter(scope="thread"), keep=False, use_global_hooks=False)
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Per-query milliseconds by stage, the joules measured over the same spans, and the method."""
+
+    ms: dict[str, list[float]]
+    joules: float
+    method: str
+    queries: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_ms(self) -> list[float]:
+        """Per-query end-to-end time: the sum of the stages."""
+        stages = [v for v in self.ms.values() if v]
+        return [sum(vals) for vals in zip(*stages)] if stages else []
+
+    @property
+    def joules_per_query(self) -> float:
+        return self.joules / self.queries if self.queries else 0.0
+
+    def p(self, stage: str, q: float) -> float:
+        values = self.total_ms if stage == "total" else self.ms.get(stage, [])
+        return percentile(values, q) if values else 0.0
+
+    def merged(self, other: StageTimes) -> StageTimes:
+        """Stages of both (same queries in the same order), e.g. first stage + re-ranking."""
+        if self.queries != other.queries:
+            raise ValueError("stage times cover different query sets")
+        method = self.method if self.method == other.method else f"{self.method} / {other.method}"
+        return StageTimes({**self.ms, **other.ms}, self.joules + other.joules, method, self.queries,
+                          {**self.extra, **other.extra})
+
+
+def first_stage(searcher: Any, queries: Sequence[tuple[str, str]], k: int) -> tuple[Run, StageTimes]:
+    """Run an embedded BM25 index (:class:`tilde.bm25.BM25Index`) query by query, timed."""
+    recorder = new_recorder()
+    searcher.warmup()
+    run: Run = {}
+    ms: list[float] = []
+    for qid, text in queries:
+        with recorder.measure("first_stage"):
+            t0 = time.perf_counter()
+            hits = searcher.search(text, k=k)
+            ms.append((time.perf_counter() - t0) * 1e3)
+        run[qid] = [(h.docid, h.score) for h in hits]
+    joules = sum(s.joules for s in recorder.summary().values())
+    return run, StageTimes({"first_stage": ms}, joules, recorder.method, len(queries))
+
+
+def batch_first_stage(seconds: float, joules: float, method: str, qids: Sequence[str]) -> StageTimes:
+    """A first stage run as one batch (the Lucene backend): its time spread evenly over queries."""
+    n = len(qids)
+    per = seconds * 1e3 / n if n else 0.0
+    return StageTimes({"first_stage": [per] * n}, joules, method, n, {"first_stage_batch": True})
+
+
+def rerank_run(
+    reranker: Any,
+    queries: Mapping[str, str],
+    run: Mapping[str, Sequence[tuple[str, float]]],
+    depth: int | None = None,
+) -> tuple[Run, StageTimes]:
+    """Re-rank the first ``depth`` candidates of every query in ``run`` with a
+    :class:`tilde.rank.Reranker`; candidates missing from the index go last with score 0 and are
+    counted in ``StageTimes.extra["missing"]``. Queries without text are an error."""
+    absent = [qid for qid in run if qid not in queries]
+    if absent:
+        raise KeyError(f"{len(absent)} run queries have no text, e.g. {absent[:5]}")
+    recorder = new_recorder()
+    previous = reranker.recorder
+    reranker.recorder = recorder
+    try:
+        reranker.warmup()
+        recorder.reset()
+        out: Run = {}
+        ms: dict[str, list[float]] = {s: [] for s in STAGES[1:]}
+        missing = 0
+        for qid, entries in run.items():
+            cands = [d for d, _ in (entries if depth is None else entries[:depth])]
+            if not cands or not queries[qid].strip():
+                # Nothing to score (an empty query has no terms): keep the first-stage order.
+                out[qid] = [(d, 0.0) for d in cands]
+                for s in ms:
+                    ms[s].append(0.0)
+                continue
+            res = reranker.rerank(queries[qid], cands, missing="zero")
+            missing += len(res.missing)
+            for s in ms:
+                ms[s].append(float(res.timing_ms.get(s, 0.0)))
+            out[qid] = [(d.docid, d.score) for d in res.results]
+    finally:
+        reranker.recorder = previous
+    joules = sum(s.joules for s in recorder.summary().values())
+    if missing:
+        logger.warning("%d candidates were not in the index (scored 0, put last)", missing)
+    return out, StageTimes(ms, joules, recorder.method, len(run), {"missing": missing})
