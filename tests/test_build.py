@@ -108,7 +108,8 @@ def test_cli_index_and_rerank(tiny_model: Path, tiny_collection: Path, tmp_path:
     assert "passages/s" in capsys.readouterr().out
     (tmp_path / "q.tsv").write_text("q1\tcat on the road\nq2\tmoney in the river bank\n")
     (tmp_path / "run.trec").write_text(
-        "".join(f"{q} Q0 {d} {r + 1} {10 - r} bm25\n" for q in ("q1", "q2") for r, d in enumerate(["10", "8", "25", "1"]))
+        "".join(f"{q} Q0 {d} {r + 1} {10 - r} bm25\n" for q in ("q1", "q2")
+                for r, d in enumerate(["10", "8", "25", "1"]))
     )
     out = tmp_path / "out.tsv"
     assert cli(["rerank", "--index", str(idx), "--queries", str(tmp_path / "q.tsv"), "--run",

@@ -37,7 +37,7 @@ class TildeV2(PreTrainedModel):
     """BERT + token projection. Same parameter names and config class as the reference's
     ``modelingv2.TILDEv2``, so checkpoints are interchangeable."""
 
-    config_class = BertConfig
+    config_class = BertConfig  # type: ignore[assignment]
     base_model_prefix = "tildev2"
     _supports_sdpa = True
 

@@ -7,14 +7,16 @@ import argparse
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="TILDEv2 checkpoint: local directory or Hugging Face hub id")
-    p.add_argument("--collection", required=True, help="pid<TAB>text TSV, or JSONL (expansion output, Pyserini, BEIR); .gz ok")
+    p.add_argument("--collection", required=True,
+                   help="pid<TAB>text TSV, or JSONL (expansion output, Pyserini, BEIR); .gz ok")
     p.add_argument("--output", required=True, help="index directory to write")
     p.add_argument("--tokenizer", help="tokenizer dir/file/hub id (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--chunk-batches", type=int, default=64, help="batches per resumable chunk")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--weights", choices=("float16", "uint8"), default="float16", help="stored weight precision")
-    p.add_argument("--shard", default="0/1", help="build shard i of n (contiguous slice); merge with `tilde index merge`")
+    p.add_argument("--shard", default="0/1",
+                   help="build shard i of n (contiguous slice); merge with `tilde index merge`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index or unfinished build")
     p.add_argument("--no-progress", action="store_true")
 

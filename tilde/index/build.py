@@ -85,7 +85,9 @@ def _passage_ids(p: Passage, text: TextProcessor, vocab_size: int, where: str) -
     if p.ids is not None:
         ids = list(p.ids)
         if ids and max(ids) >= vocab_size:
-            raise FormatError(f"{where}:{p.line}: token id {max(ids)} is outside the tokenizer's vocabulary ({vocab_size})")
+            raise FormatError(
+                f"{where}:{p.line}: token id {max(ids)} is outside the tokenizer's vocabulary ({vocab_size})"
+            )
         return ids
     return text.token_ids(p.text or "").tolist()
 

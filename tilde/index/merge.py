@@ -39,7 +39,9 @@ def merge_indexes(
     for idx in opened[1:]:
         for name in _SAME:
             if getattr(idx.manifest, name) != getattr(first, name):
-                raise IndexFormatError(f"{idx.path} differs from {opened[0].path} in {name}; these shards cannot be merged")
+                raise IndexFormatError(
+                    f"{idx.path} differs from {opened[0].path} in {name}; these shards cannot be merged"
+                )
     if first.weight_dtype != "float16":
         raise IndexFormatError("merge needs float16 shards (quantise while merging with --weights uint8)")
     infos = [i.manifest.shard for i in opened]

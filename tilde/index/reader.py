@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from tilde.index.format import (
     DOCIDS,
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["TildeIndex"]
 
 
-def _load(path: Path, dtype: str | np.dtype, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
+def _load(path: Path, dtype: npt.DTypeLike, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
     if not path.is_file():
         raise IndexFormatError(f"{path}: missing (the index is incomplete; rebuild it)")
     try:

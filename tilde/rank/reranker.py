@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import nullcontext
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -43,7 +43,7 @@ class UnknownDocidError(KeyError):
 
 
 class ScoredDoc(NamedTuple):
-    index: int  # position in the caller's candidate list
+    index: int  # type: ignore[assignment]  # position in the caller's list (shadows tuple.index, as Cohere names it)
     docid: str
     score: float
 
