@@ -144,6 +144,14 @@ def build_index(
     started = time.perf_counter()
     joules0 = recorder.meter.read()
     text = TextProcessor.load(tokenizer if tokenizer is not None else model)
+    meta_path = expansion_meta_path(coll)
+    expansion = json.loads(meta_path.read_text("utf-8")) if meta_path.is_file() else None
+    if expansion and expansion.get("vocab_sha256") not in (None, text.vocab_hash):
+        raise IndexFormatError(
+            f"{coll} was expanded with another vocabulary ({meta_path} says sha256 "
+            f"{str(expansion['vocab_sha256'])[:12]}, the tokenizer has {text.vocab_hash[:12]}): "
+            f"its token ids would mean other words. Expand again with this model's tokenizer."
+        )
     net = load_model(model, device=device)
     model_sha = weights_hash(net)
     cls_id, sep_id, pad_id = text.special_id("[CLS]"), text.special_id("[SEP]"), text.special_id("[PAD]")
@@ -214,8 +222,6 @@ def build_index(
         if bar is not None:
             bar.close()
 
-    meta_path = expansion_meta_path(coll)
-    expansion = json.loads(meta_path.read_text("utf-8")) if meta_path.is_file() else None
     manifest = Manifest(
         num_passages=0,
         num_postings=0,

@@ -1,0 +1,63 @@
+"""tilde build --expander E --model M --collection FILE --output DIR"""
+
+from __future__ import annotations
+
+import argparse
+
+from tilde.cli import CommandError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--expander", required=True,
+                   help="expansion checkpoint (ielab/TILDE, splade-tiny, ...) or 'none' to index without expansion")
+    p.add_argument("--model", required=True, help="TILDEv2 checkpoint: local directory or hub id")
+    p.add_argument("--collection", required=True, help="pid<TAB>text TSV, or JSONL (Pyserini, BEIR); .gz ok")
+    p.add_argument("--output", required=True, help="index directory; the expansion is kept in it as expanded.jsonl")
+    p.add_argument("--expander-kind", choices=("auto", "tilde", "mlm"), default="auto",
+                   help="expansion strategy (auto: from the expansion checkpoint's architecture)")
+    p.add_argument("--expander-tokenizer", help="the expansion model's tokenizer (default: its own)")
+    p.add_argument("--tokenizer", help="the TILDEv2 model's tokenizer (default: its own)")
+    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--max-length", type=int, default=128, help="passage tokens the expander reads")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--chunk-batches", type=int, default=64, help="batches per resumable chunk")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                   help="expansion model precision (auto: float16 on CUDA, float32 otherwise)")
+    p.add_argument("--weights", choices=("float16", "uint8"), default="float16", help="stored weight precision")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier (finished or unfinished) work")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core); "
+                   "on a busy machine 1 can beat 2")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from tilde.expand.pipeline import build_pipeline
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    summary = build_pipeline(
+        args.collection,
+        args.output,
+        model=args.model,
+        expander=None if args.expander == "none" else args.expander,
+        expander_kind=args.expander_kind,
+        expander_tokenizer=args.expander_tokenizer,
+        tokenizer=args.tokenizer,
+        top_k=args.top_k,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        chunk_batches=args.chunk_batches,
+        device=device,
+        dtype=args.dtype,
+        weight_dtype=args.weights,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(summary.format())
+    return 0
