@@ -18,9 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index-verify": ("tilde.commands.index_verify", "full consistency scan of an index"),
     "index-info": ("tilde.commands.index_info", "print an index's manifest and statistics"),
     "rerank": ("tilde.commands.rerank", "re-rank a first-stage run file with an index"),
-    "serve": ("tilde.commands.serve", "serve the REST re-ranking API (gunicorn; JSON and msgpack)"),
     "expand": ("tilde.commands.expand", "expand passages with TILDE (v1) or an MLM expander (also: --concat shards)"),
     "build": ("tilde.commands.build", "the whole offline job: expand, then index (resumable)"),
+    "serve": ("tilde.commands.serve", "serve the REST re-ranking API (gunicorn; JSON and msgpack)"),
+    "train": ("tilde.commands.train", "train a TILDEv2 model: supervised, distill (SPLADE teacher), tokens, prepare"),
     "bm25": ("tilde.commands.bm25", "BM25 first stage: bm25 index | bm25 search (embedded, or Lucene via Anserini)"),
 }
 
