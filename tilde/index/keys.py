@@ -66,6 +66,15 @@ def int_keys(docids: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
     n = len(docids)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.bool_)
+    if type(docids[0]) is int and set(map(type, docids)) == {int}:
+        # Python ints need no canonical-form check: one conversion (bool is excluded: its type
+        # is bool, not int).
+        try:
+            keys = np.array(docids, dtype=np.int64)
+        except OverflowError:
+            return _slow(docids)
+        ok = (keys >= 0) & (keys < 10**_MAX_DIGITS)
+        return np.where(ok, keys, -1), ok
     try:
         joined = "\n".join(docids)  # type: ignore[arg-type]
     except TypeError:

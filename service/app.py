@@ -1,0 +1,261 @@
+"""The Flask app: ``create_app(config)`` loads one index + tokenizer (and optionally a model) and
+serves the re-ranking API. Handlers are a few lines each: decode, validate (``schemas``), rank
+(``engine``), render. Every request gets an ``X-Request-Id`` and a ``Server-Timing`` header; every
+error, including 404/405/413 and unexpected exceptions, is ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgpack
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from service import schemas, wire
+from service.config import ServiceConfig, from_env
+from service.engine import EncodeBudget, StageClock
+from service.errors import STATUS_CODES, ApiError
+from service.openapi import openapi_spec
+from service.schemas import Document, Ranked, RerankRequest
+from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_app", "get_state"]
+
+ENDPOINTS = frozenset({"/v1/rerank", "/v1/rerank/batch", "/health", "/ready", "/info", "/metrics", "/openapi.json"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_EXT = "tilde"
+
+
+def get_state(app: Flask) -> ServiceState:
+    return app.extensions[_EXT]  # type: ignore[no-any-return]
+
+
+class _Instrumented:
+    """WSGI wrapper: request id, request duration and status metrics, a ``Server-Timing`` total
+    for responses that have none, and a last-resort JSON 500 should the app itself raise."""
+
+    def __init__(self, wsgi: Callable[..., Iterable[bytes]], state: ServiceState) -> None:
+        self.wsgi = wsgi
+        self.metrics = state.metrics
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        t0 = time.perf_counter()
+        rid = environ.get("HTTP_X_REQUEST_ID", "")
+        if not _REQUEST_ID.match(rid):
+            rid = uuid.uuid4().hex
+        environ["tilde.request_id"] = rid
+        path = environ.get("PATH_INFO", "")
+        endpoint = path if path in ENDPOINTS else "other"
+        method = environ.get("REQUEST_METHOD", "")
+
+        def instrumented_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            seconds = time.perf_counter() - t0
+            headers.append(("X-Request-Id", rid))
+            if not any(k == "Server-Timing" for k, _ in headers):
+                headers.append(("Server-Timing", f"total;dur={seconds * 1e3:.3f}"))
+            self.metrics.observe_request(endpoint, method, status[:3], seconds)
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.wsgi(environ, instrumented_start_response)
+        except Exception:  # Flask handles errors itself; this only guards against a broken app
+            logger.exception("unhandled error in request %s", rid)
+            body = wire.encode(ApiError(500, f"internal error (request id {rid})").body(), wire.JSON)
+            instrumented_start_response("500 INTERNAL SERVER ERROR",
+                                        [("Content-Type", wire.JSON), ("Content-Length", str(len(body)))],
+                                        None)
+            return [body]
+
+
+def _formats() -> tuple[str, str]:
+    """(request body format, response format); an unsupported request type is a 415."""
+    mimetype = request.mimetype
+    out = wire.response_format(request.headers.get("Accept"), mimetype)
+    return wire.request_format(mimetype), out
+
+
+def _reply(obj: Any, fmt: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(wire.encode(obj, fmt), status=status, headers=headers, content_type=fmt)
+
+
+def _assemble(fmt: str, rid: str, results: bytes, meta: dict[str, Any]) -> bytes:
+    """The response object around already-encoded ``results`` (no re-encoding of the big part)."""
+    if fmt == wire.JSON:
+        return b"".join((b'{"id":', wire.dumps(rid).encode(), b',"results":', results, b',"meta":',
+                         wire.dumps(meta).encode(), b"}"))
+    pack = msgpack.packb
+    return b"".join((b"\x83", pack("id"), pack(rid), pack("results"), results, pack("meta"), pack(meta)))
+
+
+def _meta(clock: StageClock, method: str, ranked: Ranked | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "timing": {k: round(v, 4) for k, v in clock.timing.items()},
+        "energy": {"joules": clock.joules, "method": method},
+    }
+    if ranked is not None:
+        meta["missing"] = ranked.missing
+        meta["encoded"] = ranked.encoded
+        meta["query_tokens"] = ranked.query_tokens
+    return meta
+
+
+def _echo(req: RerankRequest) -> list[Document] | None:
+    if not req.return_documents:
+        return None
+    if req.documents is not None:
+        return req.documents
+    return [Document(d, None, {"id": d}) for d in req.ids or ()]
+
+
+def _candidate_ids(req: RerankRequest) -> list[Any]:
+    return req.ids if req.ids is not None else [d.id for d in req.documents or ()]
+
+
+def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True) -> Flask:
+    """A Flask app serving ``config.index``. ``config`` defaults to ``TILDE_*`` env vars.
+
+    With ``config.eager`` (default) the index is opened here; otherwise ``/ready`` answers 503
+    until ``get_state(app).load()`` is called. ``load_encoder=False`` defers loading the model
+    (a gunicorn master that forks workers calls ``load()`` again in each worker)."""
+    config = config if config is not None else from_env(ServiceConfig)
+    state = ServiceState(config)
+    if config.eager:
+        state.load(encoder=load_encoder)
+    app = Flask(__name__, root_path=os.path.dirname(os.path.abspath(__file__)))
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.extensions[_EXT] = state
+    limits = schemas.Limits(config.max_documents, config.max_batch_queries, config.max_text_chars,
+                            config.max_query_chars)
+    method = state.recorder.method
+
+    def engine() -> Any:
+        if state.engine is None or not state.ready:
+            raise ApiError(503, "the index is not loaded yet; poll /ready", "not_ready")
+        return state.engine
+
+    @app.post("/v1/rerank")
+    def rerank() -> Response:
+        eng = engine()
+        clock = StageClock(state.recorder)
+        fmt_in, fmt = _formats()
+        req = schemas.parse_rerank(wire.decode(request.get_data(cache=False), fmt_in), limits)
+        clock.lap("parse")
+        ranked = eng.rank(req, req.missing or config.missing, clock, EncodeBudget(config.max_encode))
+        results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
+        clock.lap("serialize", len(ranked.order))
+        clock.finish(len(req))
+        state.metrics.observe_work(1, len(req) - len(ranked.encoded), len(ranked.encoded))
+        body = _assemble(fmt, request.environ["tilde.request_id"], results, _meta(clock, method, ranked))
+        return Response(body, content_type=fmt, headers={"Server-Timing": clock.server_timing()})
+
+    @app.post("/v1/rerank/batch")
+    def rerank_batch() -> Response:
+        eng = engine()
+        clock = StageClock(state.recorder)
+        fmt_in, fmt = _formats()
+        batch = schemas.parse_batch(wire.decode(request.get_data(cache=False), fmt_in), limits)
+        clock.lap("parse")
+        policy = batch.missing or config.missing
+        budget = EncodeBudget(config.max_encode)
+        parts = []
+        n = encoded = 0
+        for qi, req in enumerate(batch.queries):
+            ranked = eng.rank(req, policy, clock, budget, where=f"queries[{qi}]: ")
+            results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
+            clock.lap("serialize", len(ranked.order))
+            item = {"index": qi, "id": req.id, "missing": ranked.missing, "encoded": ranked.encoded,
+                    "query_tokens": ranked.query_tokens}
+            parts.append((item, results))
+            n += len(req)
+            encoded += len(ranked.encoded)
+        body = _assemble_batch(fmt, parts)
+        clock.lap("serialize", 0)
+        clock.finish(n)
+        state.metrics.observe_work(len(parts), n - encoded, encoded)
+        body = _assemble(fmt, request.environ["tilde.request_id"], body, _meta(clock, method))
+        return Response(body, content_type=fmt, headers={"Server-Timing": clock.server_timing()})
+
+    @app.get("/health")
+    def health() -> Response:
+        return _reply({"status": "ok"}, _out_format())
+
+    @app.get("/ready")
+    def ready() -> Response:
+        if not state.ready:
+            raise ApiError(503, "not ready: the index (or model) is still loading", "not_ready")
+        return _reply({"status": "ready"}, _out_format())
+
+    @app.get("/info")
+    def info() -> Response:
+        return _reply(state.info(), _out_format())
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        data, content_type = state.metrics.exposition()
+        return Response(data, content_type=content_type)
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return _reply(openapi_spec(config), wire.JSON)
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Response:
+        return _error(exc)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        headers = {k: v for k, v in exc.get_headers() if k == "Allow"}
+        if status == 404:
+            message = f"no such endpoint {request.path!r}; see /openapi.json"
+        elif status == 405:
+            message = f"method {request.method} is not allowed on {request.path}; allowed: {headers.get('Allow', '')}"
+        elif status == 413:
+            message = f"request body larger than {config.max_body_bytes} bytes (max_body_bytes)"
+        else:
+            message = exc.description or exc.name
+        return _error(ApiError(status, message, STATUS_CODES.get(status, re.sub(r"\W+", "_", exc.name.lower()))),
+                      headers)
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> Response:
+        rid = request.environ.get("tilde.request_id", "")
+        logger.exception("internal error in request %s", rid)
+        return _error(ApiError(500, f"internal error (request id {rid}); see the server log", "internal"))
+
+    app.wsgi_app = _Instrumented(app.wsgi_app, state)  # type: ignore[method-assign]
+    return app
+
+
+def _out_format() -> str:
+    return wire.response_format(request.headers.get("Accept"), request.mimetype)
+
+
+def _error(exc: ApiError, headers: dict[str, str] | None = None) -> Response:
+    return _reply(exc.body(), _out_format(), exc.status, headers)
+
+
+def _assemble_batch(fmt: str, parts: list[tuple[dict[str, Any], bytes]]) -> bytes:
+    """``[{"index", "id", "results": <encoded>, "missing", ...}, ...]`` with pre-encoded results."""
+    if fmt == wire.JSON:
+        items = [b"".join((wire.dumps(item)[:-1].encode(), b',"results":', res, b"}")) for item, res in parts]
+        return b"[" + b",".join(items) + b"]"
+    pack = msgpack.packb
+    out = [schemas.msgpack_array_header(len(parts))]
+    for item, res in parts:
+        out.append(bytes([0x80 | (len(item) + 1)]))  # fixmap: the item's keys plus "results"
+        for k, v in item.items():
+            out.append(pack(k))
+            out.append(pack(v))
+        out.append(pack("results"))
+        out.append(res)
+    return b"".join(out)

@@ -1,0 +1,118 @@
+"""What one service process holds: the index and tokenizer (loaded once), the optional
+on-the-fly encoder, the metering recorder and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from service.config import ConfigError, ServiceConfig
+from service.encoder import TextEncoder
+from service.engine import Engine
+from service.metrics import ServiceMetrics
+from tilde import __version__
+from tilde.metering import DEFAULT_WATTS_PER_CORE, CpuTimeMeter, EnergyMeter, Hooks, NullMeter, RaplMeter, Recorder
+from tilde.rank import Reranker
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ServiceState", "build_meter"]
+
+
+def build_meter(config: ServiceConfig) -> EnergyMeter:
+    """The configured meter; per-thread CPU time when estimating, so each request (one thread)
+    is charged for its own CPU only."""
+    if config.meter == "none":
+        return NullMeter()
+    if config.meter == "rapl" or (config.meter == "auto" and RaplMeter.available()):
+        if not RaplMeter.available():
+            raise ConfigError("meter rapl: no readable RAPL counter (energy_uj is root-only on Linux >= 5.10)")
+        return RaplMeter()
+    return CpuTimeMeter(config.watts_per_core or DEFAULT_WATTS_PER_CORE, scope="thread")
+
+
+class ServiceState:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.metrics = ServiceMetrics()
+        hooks = Hooks()
+        hooks.add(self.metrics.on_measurement)
+        # keep=False: bounded memory in a long-running process; global hooks still receive everything.
+        self.recorder = Recorder(build_meter(config), hooks=hooks, keep=False)
+        self.engine: Engine | None = None
+        self.encoder: TextEncoder | None = None
+        self.load_seconds: float | None = None
+        self.error: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and (not self.config.model or self.encoder is not None)
+
+    def load(self, encoder: bool = True) -> None:
+        """Open the index and tokenizer, compile the kernel; then the model if one is configured
+        (``encoder=False`` defers it: a gunicorn master must not start torch threads before forking)."""
+        with self._lock:
+            if self.engine is None:
+                if not self.config.index:
+                    raise ConfigError("no index configured (set --index or TILDE_INDEX)")
+                t0 = time.perf_counter()
+                c = self.config
+                reranker = Reranker.load(c.index, tokenizer=c.tokenizer, missing=c.missing)
+                reranker.warmup()
+                self.engine = Engine(reranker, None)
+                self.load_seconds = time.perf_counter() - t0
+                logger.info("pid %d: index %s open (%d passages) in %.3f s", os.getpid(), self.config.index,
+                            len(reranker.index), self.load_seconds)
+            if encoder:
+                self._load_encoder()
+
+    def _load_encoder(self) -> None:
+        if not self.config.model or self.encoder is not None:
+            return
+        assert self.engine is not None
+        rr = self.engine.reranker
+        enc = TextEncoder(self.config.model, rr.text, rr.index, threads=self.config.torch_threads,
+                          check=self.config.check_model)
+        enc.warmup()
+        self.encoder = enc
+        self.engine = Engine(rr, enc)
+        logger.info("pid %d: model %s loaded for on-the-fly encoding", os.getpid(), self.config.model)
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        out: dict[str, Any] = {
+            "service": "tilde",
+            "version": __version__,
+            "ready": self.ready,
+            "pid": os.getpid(),
+            "missing_policy": c.missing,
+            "limits": c.limits(),
+            "formats": ["application/json", "application/msgpack"],
+            "meter": {"method": self.recorder.method},
+            "model": {"encoder": c.model, "encoder_loaded": self.encoder is not None,
+                      "encoder_sha256": self.encoder.sha256 if self.encoder else None},
+            "index": None,
+        }
+        if self.engine is not None:
+            idx = self.engine.reranker.index
+            m = idx.manifest
+            out["model"].update({"index_model": m.model, "index_model_sha256": m.model_sha256})
+            out["index"] = {
+                "path": str(idx.path),
+                "passages": m.num_passages,
+                "postings": m.num_postings,
+                "postings_per_passage": m.num_postings / m.num_passages if m.num_passages else 0.0,
+                "token_dtype": m.token_dtype,
+                "weight_dtype": m.weight_dtype,
+                "docid_kind": m.docid_kind,
+                "vocab_size": m.vocab_size,
+                "format_version": m.format_version,
+                "tilde_version": m.tilde_version,
+                "expansion": m.expansion,
+                "open_seconds": self.load_seconds,
+            }
+        return out

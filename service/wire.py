@@ -1,0 +1,66 @@
+"""Bodies on the wire: JSON or msgpack in, JSON or msgpack out, and content negotiation.
+
+``Content-Type: application/msgpack`` (also ``application/x-msgpack``, ``application/vnd.msgpack``)
+selects msgpack for the request body; ``Accept`` selects the response format (defaulting to the
+request's). Anything but JSON or msgpack is a 415; a body that does not decode is a 400.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+
+from service.errors import ApiError
+
+__all__ = ["JSON", "MSGPACK", "MSGPACK_TYPES", "decode", "dumps", "encode", "request_format", "response_format"]
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
+
+_json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+dumps = _json_encoder.encode
+
+
+def request_format(mimetype: str) -> str:
+    """Body format from the request's mimetype (parameters already stripped, lower case)."""
+    if mimetype in MSGPACK_TYPES:
+        return MSGPACK
+    if not mimetype or mimetype == JSON or mimetype.endswith("+json"):
+        return JSON
+    raise ApiError(415, f"unsupported Content-Type {mimetype!r}: send application/json or application/msgpack",
+                   "unsupported_media_type")
+
+
+def response_format(accept: str | None, mimetype: str) -> str:
+    """msgpack when Accept names it (or, with no preference, when the request body was msgpack)."""
+    if accept:
+        if "msgpack" in accept:
+            return MSGPACK
+        if "json" in accept:
+            return JSON
+    return MSGPACK if mimetype in MSGPACK_TYPES else JSON
+
+
+def decode(data: bytes, fmt: str) -> Any:
+    if not data:
+        raise ApiError(400, "empty request body: send a JSON or msgpack object", "malformed")
+    if fmt == MSGPACK:
+        try:
+            # strict_map_key (default): map keys must be strings; timestamps stay ext objects
+            # (rejected later by validation as wrong types).
+            return msgpack.unpackb(data, raw=False, timestamp=0)
+        except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, StackError, ...
+            raise ApiError(400, f"malformed msgpack body ({exc.__class__.__name__}: {exc})", "malformed") from None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError(400, f"malformed JSON body ({exc.__class__.__name__}: {exc})", "malformed") from None
+
+
+def encode(obj: Any, fmt: str) -> bytes:
+    if fmt == MSGPACK:
+        return msgpack.packb(obj, use_bin_type=True)
+    return dumps(obj).encode("utf-8")

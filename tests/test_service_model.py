@@ -1,0 +1,105 @@
+"""On-the-fly encoding in the service: documents that carry text but are not in the index are
+encoded with the (tiny) TILDEv2 model and score exactly as if they had been indexed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest_service import tiny_model
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from flask import Flask  # noqa: E402
+from flask.testing import FlaskClient  # noqa: E402
+
+from service.app import create_app  # noqa: E402
+from service.config import ServiceConfig  # noqa: E402
+from service.encoder import ModelMismatchError  # noqa: E402
+
+PASSAGES = {
+    "1": "the apple tree is green",
+    "2": "a sweet red cherry",
+    "3": "how to rank passages fast on a cpu",
+    "4": "lemon and lime are sour fruits",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from tilde.index.build import build_index
+
+    root = tmp_path_factory.mktemp("svc-model")
+    model = tiny_model(root / "model")
+    coll = root / "collection.tsv"
+    coll.write_text("".join(f"{pid}\t{text}\n" for pid, text in PASSAGES.items()), "utf-8")
+    build_index(str(model), coll, root / "index", progress=False, batch_size=2)
+    return model, root / "index"
+
+
+@pytest.fixture(scope="module")
+def app(built: tuple[Path, Path]) -> Flask:
+    model, index = built
+    return create_app(ServiceConfig(index=str(index), model=str(model), max_encode=3))
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def post(client: FlaskClient, body: Any, path: str = "/v1/rerank") -> Any:
+    return client.post(path, data=json.dumps(body), content_type="application/json")
+
+
+def test_encoded_text_scores_like_the_indexed_passage(client: FlaskClient) -> None:
+    query = "apple cherry rank cpu green"
+    indexed = json.loads(post(client, {"query": query, "ids": list(PASSAGES)}).data)
+    by_id = {r["id"]: r["relevance_score"] for r in indexed["results"]}
+    assert any(v > 0 for v in by_id.values())
+    docs = [{"id": f"new-{pid}", "text": text} for pid, text in PASSAGES.items()]  # ids not in the index
+    out = json.loads(post(client, {"query": query, "documents": [docs[0], docs[2], "2"]}).data)
+    got = {r["index"]: r["relevance_score"] for r in out["results"]}
+    assert (got[0], got[1]) == (by_id["1"], by_id["3"])
+    assert got[2] >= 0.0  # "2" is a text here, not an id
+    assert out["meta"]["encoded"] == [{"index": 0, "id": "new-1"}, {"index": 1, "id": "new-3"},
+                                      {"index": 2, "id": None}]
+    assert out["meta"]["missing"] == [] and out["meta"]["timing"]["encode"] > 0
+    # an id that is in the index wins over its text (no encoding)
+    out = json.loads(post(client, {"query": query, "documents": [{"id": "1", "text": "zzz"}]}).data)
+    assert out["results"][0]["relevance_score"] == by_id["1"] and out["meta"]["encoded"] == []
+
+
+def test_encode_cap(client: FlaskClient) -> None:
+    resp = post(client, {"query": "apple", "documents": ["a", "b", "c", "d"]})
+    assert resp.status_code == 422 and json.loads(resp.data)["error"]["code"] == "too_many_texts"
+    body = {"queries": [{"query": "apple", "documents": ["a", "b"]}, {"query": "red", "documents": ["c", "d"]}]}
+    resp = post(client, body, "/v1/rerank/batch")
+    assert resp.status_code == 422 and "queries[1]" in json.loads(resp.data)["error"]["message"]
+
+
+def test_info_reports_encoder(client: FlaskClient, built: tuple[Path, Path]) -> None:
+    info = json.loads(client.get("/info").data)
+    assert info["model"]["encoder_loaded"] is True
+    assert info["model"]["encoder_sha256"] == info["model"]["index_model_sha256"]
+    assert info["limits"]["max_encode"] == 3
+
+
+def test_mismatched_model_is_refused(built: tuple[Path, Path], tmp_path: Path) -> None:
+    import torch
+
+    _, index = built
+    other = tiny_model(tmp_path / "other")
+    from tilde.model import load_model
+
+    net = load_model(other)
+    with torch.no_grad():
+        net.tok_proj.bias.fill_(0.3)
+    net.save_pretrained(str(other))
+    with pytest.raises(ModelMismatchError, match="not the model the index"):
+        create_app(ServiceConfig(index=str(index), model=str(other)))
+    app = create_app(ServiceConfig(index=str(index), model=str(other), check_model=False))
+    assert app.test_client().get("/ready").status_code == 200

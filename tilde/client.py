@@ -1,0 +1,210 @@
+"""A small client for the tilde service (``tilde serve``): JSON or msgpack, keep-alive, stdlib only
+(msgpack is imported only when asked for).
+
+>>> client = Client("http://127.0.0.1:8000")
+>>> client.rerank("what is a tilde", ids=[7, 3, 12], top_n=2).results
+[Result(index=1, id=3, relevance_score=4.25, document=None), ...]
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BatchItem", "Client", "ClientError", "RerankResponse", "Result"]
+
+DocId = str | int
+
+
+class ClientError(Exception):
+    """The service answered with an error (``status``, ``code``, ``message`` from its error body),
+    or could not be reached (``status`` 0, ``code`` "connection_error")."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    index: int  # position in the request's ids / documents
+    id: DocId | None
+    relevance_score: float
+    document: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RerankResponse:
+    id: str  # request id
+    results: list[Result]
+    meta: Mapping[str, Any]  # timing (ms per stage), energy, missing, encoded
+
+    @property
+    def ids(self) -> list[DocId | None]:
+        return [r.id for r in self.results]
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    index: int
+    id: DocId | None
+    results: list[Result]
+    missing: list[Mapping[str, Any]]
+    encoded: list[Mapping[str, Any]]
+
+
+def _results(rows: Sequence[Mapping[str, Any]]) -> list[Result]:
+    return [Result(r["index"], r.get("id"), r["relevance_score"], r.get("document")) for r in rows]
+
+
+class Client:
+    """``Client(url, format="json"|"msgpack")``; one keep-alive connection per thread."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", format: str = "json", timeout: float = 30.0) -> None:
+        if format not in ("json", "msgpack"):
+            raise ValueError(f"format must be 'json' or 'msgpack', not {format!r}")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must look like http://host:port, not {url!r}")
+        self.url = url
+        self.format = format
+        self.timeout = timeout
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._mime = "application/msgpack" if format == "msgpack" else "application/json"
+        self._local = threading.local()
+        self._pack: Callable[[Any], bytes]
+        self._unpack: Callable[[bytes], Any]
+        if format == "msgpack":
+            import msgpack
+
+            self._pack = lambda obj: msgpack.packb(obj, use_bin_type=True)
+            self._unpack = lambda data: msgpack.unpackb(data, raw=False)
+        else:
+            self._pack = lambda obj: json.dumps(obj, separators=(",", ":")).encode("utf-8")
+            self._unpack = lambda data: json.loads(data)
+
+    # -- transport -------------------------------------------------------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._host, self._port, timeout=self.timeout)
+        return conn  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any, Mapping[str, str]]:
+        """Send one request; returns (status, decoded body, headers). Retries once on a connection the
+        server closed while idle."""
+        data = None if body is None else self._pack(body)
+        headers = {"Accept": self._mime}
+        if data is not None:
+            headers["Content-Type"] = self._mime
+        for attempt in (0, 1):
+            conn = self._connection()
+            try:
+                conn.request(method, self._prefix + path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                self.close()
+                if attempt == 1 or isinstance(exc, TimeoutError):
+                    raise ClientError(0, "connection_error", f"{self.url}: {exc}") from exc
+        resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+        ctype = resp_headers.get("content-type", "")
+        if ctype.startswith("text/"):
+            decoded: Any = raw.decode("utf-8", "replace")
+        elif "msgpack" in ctype:
+            import msgpack
+
+            decoded = msgpack.unpackb(raw, raw=False)
+        else:
+            decoded = json.loads(raw) if raw else None
+        if resp.status >= 400:
+            err = decoded.get("error", {}) if isinstance(decoded, dict) else {}
+            raise ClientError(resp.status, str(err.get("code", "error")), str(err.get("message", decoded)),
+                              resp_headers.get("x-request-id"))
+        return resp.status, decoded, resp_headers
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def rerank(
+        self,
+        query: str,
+        ids: Sequence[DocId] | None = None,
+        documents: Sequence[str | Mapping[str, Any]] | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        missing: str | None = None,
+    ) -> RerankResponse:
+        """Re-rank index ``ids`` (fast path) or Cohere-style ``documents`` for ``query``."""
+        body: dict[str, Any] = {"query": query}
+        if ids is not None:
+            body["ids"] = list(ids)
+        if documents is not None:
+            body["documents"] = list(documents)
+        if top_n is not None:
+            body["top_n"] = top_n
+        if return_documents:
+            body["return_documents"] = True
+        if missing is not None:
+            body["missing"] = missing
+        _, out, _ = self.request("POST", "/v1/rerank", body)
+        return RerankResponse(out["id"], _results(out["results"]), out.get("meta", {}))
+
+    def rerank_batch(
+        self,
+        queries: Sequence[Mapping[str, Any]],
+        top_n: int | None = None,
+        missing: str | None = None,
+    ) -> list[BatchItem]:
+        """Many queries in one request; each item ``{"query", "ids"|"documents", "id"?, "top_n"?}``."""
+        body: dict[str, Any] = {"queries": list(queries)}
+        if top_n is not None:
+            body["top_n"] = top_n
+        if missing is not None:
+            body["missing"] = missing
+        _, out, _ = self.request("POST", "/v1/rerank/batch", body)
+        return [BatchItem(r["index"], r.get("id"), _results(r["results"]), r.get("missing", []), r.get("encoded", []))
+                for r in out["results"]]
+
+    def health(self) -> bool:
+        try:
+            return self.request("GET", "/health")[0] == 200
+        except ClientError:
+            return False
+
+    def ready(self) -> bool:
+        try:
+            return self.request("GET", "/ready")[0] == 200
+        except ClientError:
+            return False
+
+    def info(self) -> dict[str, Any]:
+        return self.request("GET", "/info")[1]  # type: ignore[no-any-return]
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics")[1]  # type: ignore[no-any-return]
