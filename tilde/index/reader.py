@@ -162,6 +162,20 @@ class TildeIndex:
                 f"(sha256 {self.manifest.vocab_sha256[:12]}). Query ids would point at the wrong tokens."
             )
 
+    def prefault(self) -> int:
+        """Touch every page of the memory-mapped arrays once, so that queries do not pay for
+        first-touch page faults (each costs about a microsecond; a fresh process re-ranking
+        1,000 random candidates can hit a thousand of them). Reads at most one element per 4 KiB
+        page; returns the number of pages touched. Optional: open() stays O(1)."""
+        pages = 0
+        for arr in (self.offsets, self.tokens, self.weights, self.docids, self.docids_sorted, self.docids_order):
+            if arr is None or not isinstance(arr, np.memmap) or arr.size == 0:
+                continue
+            step = max(1, 4096 // arr.itemsize)
+            touched = np.array(arr[::step])  # a copy: forces the reads (a view would not)
+            pages += int(touched.size)
+        return pages
+
     def verify(self) -> None:
         """Full O(N + P) consistency scan (``tilde index verify``)."""
         off = np.asarray(self.offsets)

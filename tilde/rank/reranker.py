@@ -108,8 +108,11 @@ class Reranker:
         text = TextProcessor.load(tokenizer if tokenizer is not None else index.tokenizer_path)
         return cls(index, text, missing=missing, recorder=recorder)
 
-    def warmup(self) -> None:
-        """Compile the kernel and touch the lookup arrays once, so the first request is not slow."""
+    def warmup(self, prefault: bool = False) -> None:
+        """Compile the kernel and run one query, so the first request is not slow. With
+        ``prefault``, also map every page of the index (see :meth:`TildeIndex.prefault`)."""
+        if prefault:
+            self.index.prefault()
         if len(self.index):
             self.rerank("warmup", [self.index.docid(0)], missing="skip")
 
