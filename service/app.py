@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["create_app", "get_state"]
 
-ENDPOINTS = frozenset({"/v1/rerank", "/v1/rerank/batch", "/health", "/ready", "/info", "/metrics", "/openapi.json"})
+ENDPOINTS = frozenset({"/v1/rerank", "/v1/rerank/batch", "/v1/search", "/health", "/ready", "/info", "/metrics",
+                       "/openapi.json"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _EXT = "tilde"
 
@@ -182,6 +183,33 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         clock.finish(n)
         state.metrics.observe_work(len(parts), n - encoded, encoded)
         body = _assemble(fmt, request.environ["tilde.request_id"], body, _meta(clock, method))
+        return Response(body, content_type=fmt, headers={"Server-Timing": clock.server_timing()})
+
+    @app.post("/v1/search")
+    def search() -> Response:
+        eng = engine()
+        if state.bm25 is None:
+            raise ApiError(404, "this server has no BM25 index: start it with --bm25 DIR (tilde bm25 index), "
+                                "or put one at <index>/bm25", "not_configured")
+        clock = StageClock(state.recorder)
+        fmt_in, fmt = _formats()
+        sreq = schemas.parse_search(wire.decode(request.get_data(cache=False), fmt_in), limits)
+        clock.lap("parse")
+        hits = state.bm25.search(sreq.query, sreq.k)
+        clock.lap("first_stage", len(hits))
+        req = RerankRequest(query=sreq.query, ids=[h.docid for h in hits], documents=None, top_n=sreq.top_n)
+        # Candidates come from the same collection; one missing from the TILDEv2 index keeps its
+        # place at the end with score 0 (reported), never silently dropped.
+        ranked = eng.rank(req, "zero", clock, EncodeBudget(0))
+        rows = [{"index": i, "id": hits[i].docid, "relevance_score": s, "first_stage_score": hits[i].score}
+                for i, s in zip(ranked.order.tolist(), ranked.scores.tolist())]
+        results = wire.encode(rows, fmt)
+        clock.lap("serialize", len(rows))
+        clock.finish(len(hits))
+        state.metrics.observe_work(1, len(hits), 0)
+        meta = _meta(clock, method, ranked)
+        meta["first_stage"] = {"engine": "bm25", "k": sreq.k, "hits": len(hits)}
+        body = _assemble(fmt, request.environ["tilde.request_id"], results, meta)
         return Response(body, content_type=fmt, headers={"Server-Timing": clock.server_timing()})
 
     @app.get("/health")

@@ -37,6 +37,7 @@ class ServiceConfig:
     index: str = ""  # index directory (required to serve)
     model: str | None = None  # TILDEv2 checkpoint for documents that carry text but are not in the index
     tokenizer: str | None = None  # default: the tokenizer stored with the index
+    bm25: str | None = None  # BM25 index for /v1/search (default: <index>/bm25 when it exists)
     missing: str = "error"  # unknown ids: "error" (422, strict), "skip", or "zero"; a request may override
     max_body_bytes: int = 16 * 1024 * 1024  # 413 beyond this
     max_documents: int = 10_000  # candidates per query

@@ -13,6 +13,7 @@ __all__ = ["openapi_spec"]
 _BODY_TYPES = ("application/json", "application/msgpack")
 _ERROR_STATUSES = {
     "400": "Malformed body (not valid JSON / msgpack)",
+    "404": "No BM25 index configured for /v1/search (code not_configured)",
     "413": "Body larger than max_body_bytes",
     "415": "Content-Type is neither JSON nor msgpack",
     "422": "Validation failed: wrong types, empty query, too many documents, unknown ids under the "
@@ -154,6 +155,26 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
             "requestBody": {"required": True, "content": _content(_ref("BatchRequest"))},
             "responses": {"200": ok(_ref("BatchResponse"), "One result list per query, in request order"),
                           **_errors("400", "413", "415", "422", "503")},
+        }},
+        "/v1/search": {"post": {
+            "summary": "First stage (embedded BM25) + TILDEv2 re-ranking in one call",
+            "requestBody": {"required": True, "content": _content({
+                "type": "object", "required": ["query"], "additionalProperties": False,
+                "properties": {
+                    "query": {"type": "string", "minLength": 1},
+                    "k": {"type": "integer", "minimum": 1, "default": 1000,
+                          "description": "first-stage depth: BM25 candidates re-ranked"},
+                    "top_n": {"type": "integer", "minimum": 0},
+                }})},
+            "responses": {"200": ok({"type": "object", "properties": {
+                "id": {"type": "string"},
+                "results": {"type": "array", "items": {"type": "object", "properties": {
+                    "index": {"type": "integer", "description": "rank in the BM25 list (0-based)"},
+                    "id": {"type": "string"},
+                    "relevance_score": {"type": "number", "description": "TILDEv2 score"},
+                    "first_stage_score": {"type": "number", "description": "BM25 score"}}}},
+                "meta": {"type": "object"}}}, "Results, best first"),
+                **_errors("400", "404", "413", "415", "422", "503")},
         }},
         "/health": {"get": {"summary": "Liveness", "responses": {"200": ok(simple, "The process is up")}}},
         "/ready": {"get": {"summary": "Readiness: index (and model) loaded",

@@ -243,6 +243,27 @@ def parse_rerank(body: Any, limits: Limits) -> RerankRequest:
     )
 
 
+@dataclass(frozen=True)
+class SearchRequest:
+    query: str
+    k: int  # first-stage depth
+    top_n: int | None = None
+
+
+_SEARCH_FIELDS = frozenset({"query", "k", "top_n"})
+DEFAULT_SEARCH_DEPTH = 1000
+
+
+def parse_search(body: Any, limits: Limits) -> SearchRequest:
+    body = _object(body, "request body")
+    _check_fields(body, _SEARCH_FIELDS, "request")
+    query = _query(body, limits, "")
+    k = body.get("k", DEFAULT_SEARCH_DEPTH)
+    if type(k) is not int or not 1 <= k <= limits.max_documents:
+        raise _fail(f"k (first-stage depth) must be an integer in 1..{limits.max_documents}, not {k!r}")
+    return SearchRequest(query=query, k=k, top_n=_top_n(body.get("top_n"), ""))
+
+
 def parse_batch(body: Any, limits: Limits) -> BatchRequest:
     body = _object(body, "request body")
     _check_fields(body, _BATCH_FIELDS, "request")

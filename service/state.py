@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from service.config import ConfigError, ServiceConfig
@@ -44,6 +45,7 @@ class ServiceState:
         self.recorder = Recorder(build_meter(config), hooks=hooks, keep=False)
         self.engine: Engine | None = None
         self.encoder: TextEncoder | None = None
+        self.bm25: Any = None  # tilde.first_stage.BM25Index when a BM25 index is configured
         self.load_seconds: float | None = None
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -64,11 +66,23 @@ class ServiceState:
                 reranker = Reranker.load(c.index, tokenizer=c.tokenizer, missing=c.missing)
                 reranker.warmup()
                 self.engine = Engine(reranker, None)
+                self._load_bm25()
                 self.load_seconds = time.perf_counter() - t0
                 logger.info("pid %d: index %s open (%d passages) in %.3f s", os.getpid(), self.config.index,
                             len(reranker.index), self.load_seconds)
             if encoder:
                 self._load_encoder()
+
+    def _load_bm25(self) -> None:
+        """The first stage behind /v1/search: --bm25, else <index>/bm25 when it exists."""
+        from tilde.first_stage import BM25Index
+
+        path = self.config.bm25
+        if path is None and (Path(self.config.index) / "bm25" / "manifest.json").is_file():
+            path = str(Path(self.config.index) / "bm25")
+        if path is not None:
+            self.bm25 = BM25Index.load(path)
+            self.bm25.search("warmup", 1)  # compile and page in, like the re-ranking kernel
 
     def _load_encoder(self) -> None:
         if not self.config.model or self.encoder is not None:
@@ -96,7 +110,11 @@ class ServiceState:
             "model": {"encoder": c.model, "encoder_loaded": self.encoder is not None,
                       "encoder_sha256": self.encoder.sha256 if self.encoder else None},
             "index": None,
+            "first_stage": None,
         }
+        if self.bm25 is not None:
+            out["first_stage"] = {"engine": "bm25", "path": str(getattr(self.bm25, "path", "")),
+                                  "endpoint": "/v1/search"}
         if self.engine is not None:
             idx = self.engine.reranker.index
             m = idx.manifest

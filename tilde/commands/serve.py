@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="TILDEv2 model for documents that carry text but are not in the index "
                                    "(env TILDE_MODEL; default: none, such documents follow --missing)")
     p.add_argument("--tokenizer", help="tokenizer (default: the one stored with the index)")
+    p.add_argument("--bm25", help="BM25 index for POST /v1/search (env TILDE_BM25; default: <index>/bm25 if present)")
     p.add_argument("--host", help="address to bind (env TILDE_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (env TILDE_PORT, default 8000)")
     p.add_argument("--workers", type=int, help="worker processes sharing the memory-mapped index (default 2)")
@@ -67,7 +68,8 @@ def main(args: argparse.Namespace) -> int:
     from service.config import ServerConfig, ServiceConfig, from_env
 
     service = from_env(
-        ServiceConfig, index=args.index, model=args.model, tokenizer=args.tokenizer, missing=args.missing,
+        ServiceConfig, index=args.index, model=args.model, tokenizer=args.tokenizer, bm25=args.bm25,
+        missing=args.missing,
         max_documents=args.max_documents, max_batch_queries=args.max_batch_queries, max_encode=args.max_encode,
         max_body_bytes=args.max_body_bytes, meter=args.meter,
     )
