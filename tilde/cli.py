@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "expand": ("tilde.commands.expand", "expand passages with TILDE (v1) or an MLM expander (also: --concat shards)"),
     "build": ("tilde.commands.build", "the whole offline job: expand, then index (resumable)"),
     "serve": ("tilde.commands.serve", "serve the REST re-ranking API (gunicorn; JSON and msgpack)"),
+    "train": ("tilde.commands.train", "train a TILDEv2 model: supervised, distill (SPLADE teacher), tokens, prepare"),
     "bm25": ("tilde.commands.bm25", "BM25 first stage: bm25 index | bm25 search (embedded, or Lucene via Anserini)"),
 }
 

