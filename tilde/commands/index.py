@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="TILDEv2 checkpoint: local directory or Hugging Face hub id")
+    p.add_argument("--model", default=None,
+                   help="TILDEv2 checkpoint: local directory or Hugging Face hub id (default: the embedded "
+                        "tildev2-splade-tiny)")
     p.add_argument("--collection", required=True,
                    help="pid<TAB>text TSV, or JSONL (expansion output, Pyserini, BEIR); .gz ok")
     p.add_argument("--output", required=True, help="index directory to write")
@@ -25,10 +28,11 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from tilde.index.build import build_index, parse_shard
+    from tilde.models import resolve_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     summary = build_index(
-        args.model,
+        resolve_model(args.model, announce=_stderr),
         args.collection,
         args.output,
         tokenizer=args.tokenizer,
@@ -42,3 +46,7 @@ def main(args: argparse.Namespace) -> int:
     )
     print(summary.format())
     return 0
+
+
+def _stderr(message: str) -> None:
+    print(f"tilde index: {message}", file=sys.stderr)

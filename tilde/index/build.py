@@ -101,7 +101,7 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 
 
 def build_index(
-    model: str,
+    model: str | None,
     collection: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
@@ -125,6 +125,9 @@ def build_index(
 
     from tilde.model import MAX_PASSAGE_TOKENS, encode, load_model, passage_input_ids, weights_hash
 
+    from tilde.models import resolve_model
+
+    model = resolve_model(model)
     if batch_size < 1 or chunk_batches < 1:
         raise ValueError("batch size and chunk size must be positive")
     if weight_dtype not in ("float16", "uint8"):

@@ -8,9 +8,13 @@ like any checkpoint: ``tilde.model.load_model(default_model_path())``.
 from __future__ import annotations
 
 import importlib.util
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODEL", "default_model_path", "model_path", "splade_tiny_path"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MODEL", "default_model_path", "model_path", "resolve_expander", "resolve_model", "splade_tiny_path"]
 
 DEFAULT_MODEL = "tildev2-splade-tiny"
 
@@ -27,6 +31,28 @@ def model_path(name: str) -> Path:
 def default_model_path() -> Path:
     """The embedded default TILDEv2 model (used when no --model is given)."""
     return model_path(DEFAULT_MODEL)
+
+
+def resolve_model(model: str | None, announce: Callable[[str], None] | None = None) -> str:
+    """``model``, or the embedded default when it is None, saying so through ``announce`` (the
+    CLI prints to stderr) or, by default, the log."""
+    if model is not None:
+        return model
+    path = default_model_path()
+    message = f"no model given: using the embedded default {DEFAULT_MODEL} ({path})"
+    (announce or logger.warning)(message)
+    return str(path)
+
+
+def resolve_expander(expander: str | None, announce: Callable[[str], None] | None = None) -> str | None:
+    """``"default"`` -> splade-tiny (the default model's expander), ``"none"``/None -> no expansion."""
+    if expander in (None, "none"):
+        return None
+    if expander == "default":
+        path = splade_tiny_path()
+        (announce or logger.warning)(f"expander: splade-tiny MLM expansion ({path})")
+        return str(path)
+    return expander
 
 
 def splade_tiny_path() -> Path:

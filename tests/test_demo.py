@@ -1,0 +1,52 @@
+"""The README quick start: `tilde demo` on the embedded default model, and the default-model
+fallbacks of `tilde index` / `tilde build`."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tilde.cli import main as cli
+from tilde.demo import DEMO_PASSAGES, DEMO_QUERIES, run_demo
+from tilde.models import DEFAULT_MODEL, default_model_path
+
+
+def test_default_model_is_shipped_and_loads() -> None:
+    from tilde.model import load_model
+
+    path = default_model_path()
+    assert (path / "model.safetensors").stat().st_size < 20 * 2**20
+    assert (path / "MODEL_CARD.md").is_file()
+    model = load_model(path)
+    assert model.tok_proj.weight.shape == (1, model.config.hidden_size)
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = io.StringIO()
+    figures = run_demo(work=tmp_path, out=out)
+    text = out.getvalue()
+    assert "the embedded default" in text
+    for q in DEMO_QUERIES:
+        assert f"query: {q}" in text
+    assert len(figures["latencies_ms"]) == len(DEMO_QUERIES)  # type: ignore[arg-type]
+    assert "J/query" in text
+    # each TILDEv2 list re-orders BM25's candidates, it never invents passages
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("  TILDEv2:"):
+            bm25 = {p.split("]")[0] for p in lines[i - 1].split("[")[1:]}
+            tilde = {p.split("]")[0] for p in line.split("[")[1:]}
+            assert tilde <= {pid for pid, _ in DEMO_PASSAGES}
+            assert len(tilde) == len(bm25)
+
+
+def test_index_without_model_uses_the_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coll = tmp_path / "c.tsv"
+    coll.write_text("".join(f"{pid}\t{text}\n" for pid, text in DEMO_PASSAGES[:4]))
+    assert cli(["index", "--collection", str(coll), "--output", str(tmp_path / "idx"), "--no-progress"]) == 0
+    assert DEFAULT_MODEL in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert Path(manifest["model"]).name == DEFAULT_MODEL
