@@ -110,11 +110,11 @@ def run_demo(
     t0 = time.perf_counter()
     summary = build_pipeline(collection, root / "index", model=model_dir, expander=expander, overwrite=True,
                              progress=False, batch_size=16)
-    build_bm25_index(collection, root / "bm25", overwrite=True)
+    build_bm25_index(collection, root / "index" / "bm25", overwrite=True)  # where tilde serve finds it
     say(summary.format())
     say(f"built the BM25 and TILDEv2 indexes of {len(DEMO_PASSAGES)} passages in {time.perf_counter() - t0:.1f} s")
 
-    bm25 = BM25Index.load(root / "bm25")
+    bm25 = BM25Index.load(root / "index" / "bm25")
     recorder = Recorder(default_meter(scope="thread"), keep=False)
     rr = Reranker.load(root / "index", recorder=recorder)
     rr.warmup()
@@ -135,4 +135,5 @@ def run_demo(
     say()
     say(f"latency per query (tokenise + score + sort): p50 {percentile(latencies, 50):.3f} ms, "
         f"max {max(latencies):.3f} ms; energy {joules / len(DEMO_QUERIES):.6f} J/query ({recorder.method})")
+    say(f"serve these indexes: tilde serve --index {root / 'index'}   (POST /v1/rerank, POST /v1/search)")
     return {"latencies_ms": latencies, "joules": joules, "method": recorder.method, "work": str(root)}

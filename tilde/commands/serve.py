@@ -8,19 +8,22 @@ requests finish); SIGINT/Ctrl-C stops quickly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", help="index directory (env TILDE_INDEX)")
     p.add_argument("--model", help="TILDEv2 model for documents that carry text but are not in the index "
-                                   "(env TILDE_MODEL; default: none, such documents follow --missing)")
+                                   "(env TILDE_MODEL; default: the embedded default model when the index was "
+                                   "built with it, else none and such documents follow --missing; 'none': off)")
     p.add_argument("--tokenizer", help="tokenizer (default: the one stored with the index)")
     p.add_argument("--bm25", help="BM25 index for POST /v1/search (env TILDE_BM25; default: <index>/bm25 if present)")
     p.add_argument("--host", help="address to bind (env TILDE_HOST, default 127.0.0.1)")
@@ -84,7 +87,17 @@ def main(args: argparse.Namespace) -> int:
         raise CommandError(f"{service.index}: no such index directory")
     from tilde.index.reader import TildeIndex
 
-    TildeIndex.open(service.index)  # O(1) checks: a bad index stops here, also without preload
+    manifest = TildeIndex.open(service.index).manifest  # O(1) checks: a bad index stops here, also without preload
+    if service.model == "none":
+        service = dataclasses.replace(service, model=None)
+    elif service.model is None:
+        # An index built with the embedded default model gets it for on-the-fly encoding too.
+        from tilde.models import DEFAULT_MODEL, default_model_path
+
+        if Path(manifest.model).name == DEFAULT_MODEL:
+            service = dataclasses.replace(service, model=str(default_model_path()))
+            print(f"tilde serve: no --model given: texts not in the index are encoded with the embedded default "
+                  f"{DEFAULT_MODEL}, as the index was (--model none turns this off)", file=sys.stderr)
     metrics_dir = None
     if server.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="tilde-metrics-")
