@@ -48,6 +48,7 @@ __all__ = [
     "RunEntry",
     "atomic_path",
     "atomic_write_text",
+    "collection_identity",
     "count_lines",
     "iter_jsonl",
     "open_text",
@@ -599,6 +600,13 @@ def atomic_path(path: StrPath, *, fsync: bool = True) -> Iterator[Path]:
                 tmp.unlink()
         raise
     logger.debug("wrote %s", target)
+
+
+def collection_identity(path: StrPath) -> dict[str, Any]:
+    """What a resumable job records about its input, to refuse resuming on a changed file."""
+    p = Path(path)
+    st = p.stat()
+    return {"collection": str(p.resolve()), "collection_bytes": st.st_size, "collection_mtime_ns": st.st_mtime_ns}
 
 
 def atomic_write_text(path: StrPath, text: str) -> None:

@@ -26,12 +26,21 @@ from tilde.expand.base import Expander, Expansion
 from tilde.expand.parts import PartStats, PartStore, copy_files, job_sidecar_path, partial_dir
 from tilde.expand.scan import scan_collection
 from tilde.index.build import expansion_meta_path
-from tilde.io import FormatError, Passage, atomic_path, atomic_write_text, count_lines, open_text, read_collection
+from tilde.io import (
+    FormatError,
+    Passage,
+    atomic_path,
+    atomic_write_text,
+    collection_identity,
+    count_lines,
+    open_text,
+    read_collection,
+)
 from tilde.metering import Recorder, default_meter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OUTPUT_FORMATS", "ExpandSummary", "collection_identity", "expand_collection", "remove_output"]
+__all__ = ["OUTPUT_FORMATS", "ExpandSummary", "expand_collection", "remove_output"]
 
 OUTPUT_FORMATS = ("ids", "text")
 
@@ -60,11 +69,6 @@ class ExpandSummary:
             f"{s.truncated} passages truncated to {self.max_length} tokens, {s.no_terms} with no expansion term"
             + (f"; resumed after {self.resumed_from} passages" if self.resumed_from else "")
         )
-
-
-def collection_identity(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"collection": str(path.resolve()), "collection_bytes": st.st_size, "collection_mtime_ns": st.st_mtime_ns}
 
 
 def remove_output(output: Path) -> None:

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from tilde.expand.base import DEFAULT_MAX_LENGTH, DEFAULT_TOP_K
-from tilde.expand.job import ExpandSummary, collection_identity, expand_collection, remove_output
+from tilde.expand.job import ExpandSummary, expand_collection, remove_output
 from tilde.expand.parts import JobMismatchError, diff_keys, job_sidecar_path
 from tilde.index.build import BuildSummary, build_index, expansion_meta_path
 from tilde.index.format import MANIFEST, Manifest
 from tilde.index.writer import PARTIAL, remove_index_files
+from tilde.io import collection_identity
 from tilde.metering import Recorder, default_meter
 from tilde.text import TextProcessor
 

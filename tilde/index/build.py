@@ -21,7 +21,7 @@ import numpy as np
 from tilde import __version__
 from tilde.index.format import MANIFEST, TOKENIZER, IndexFormatError, Manifest
 from tilde.index.writer import PARTIAL, ChunkStore, finalize, pool_postings, remove_index_files
-from tilde.io import FormatError, Passage, atomic_path, count_lines, read_collection
+from tilde.io import FormatError, Passage, atomic_path, collection_identity, count_lines, read_collection
 from tilde.metering import Recorder, default_meter
 from tilde.text import TextProcessor
 
@@ -76,11 +76,6 @@ class BuildSummary:
         )
 
 
-def _file_identity(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"collection": str(path.resolve()), "collection_bytes": st.st_size, "collection_mtime_ns": st.st_mtime_ns}
-
-
 def _passage_ids(p: Passage, text: TextProcessor, vocab_size: int, where: str) -> list[int]:
     if p.ids is not None:
         ids = list(p.ids)
@@ -124,7 +119,6 @@ def build_index(
     import torch
 
     from tilde.model import MAX_PASSAGE_TOKENS, encode, load_model, passage_input_ids, weights_hash
-
     from tilde.models import resolve_model
 
     model = resolve_model(model)
@@ -166,7 +160,7 @@ def build_index(
     start, stop = i * total // n, (i + 1) * total // n
     chunk_size = batch_size * chunk_batches
     identity = {
-        **_file_identity(coll),
+        **collection_identity(coll),
         "model_sha256": model_sha,
         "vocab_sha256": text.vocab_hash,
         "shard": [i, n],
