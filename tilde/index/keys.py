@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-__all__ = ["int_keys"]
+__all__ = ["int_keys", "str_keys"]
 
 _MAX_DIGITS = 18  # < 2**63 always; longer ids cannot be in an int64-keyed index
 
@@ -84,3 +84,55 @@ def int_keys(docids: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
     if not _parse(np.frombuffer(joined.encode("utf-8"), dtype=np.uint8), keys, ok):
         return _slow(docids)  # an id contained a newline
     return keys, ok
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _split(buf: np.ndarray, out: np.ndarray, ok: np.ndarray) -> bool:
+    """Copy newline-separated ids into the rows of ``out`` (zero padded); an id longer than a row
+    or ending in NUL (numpy's S type strips trailing NULs) is not convertible. False if the
+    buffer holds another count."""
+    n, width = out.shape
+    size = buf.shape[0]
+    pos = 0
+    for k in range(n):
+        j = 0
+        last = 1
+        while pos < size and buf[pos] != 10:
+            c = buf[pos]
+            if j < width:
+                out[k, j] = c
+            j += 1
+            last = c
+            pos += 1
+        good = j <= width and last != 0
+        if not good:
+            for m in range(min(j, width)):
+                out[k, m] = 0
+        ok[k] = good
+        if k < n - 1:
+            if pos >= size:
+                return False
+            pos += 1
+    return pos == size
+
+
+def str_keys(docids: Sequence[object], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(``|S<width>`` UTF-8 keys, convertible mask) for string-keyed indexes: one join and one
+    compiled pass instead of encoding 1,000 ids one by one (~150 us)."""
+    n = len(docids)
+    out = np.zeros((n, width), dtype=np.uint8)
+    ok = np.zeros(n, dtype=np.bool_)
+    if n == 0:
+        return out.view(f"S{width}").ravel(), ok
+    try:
+        joined = "\n".join(docids)  # type: ignore[arg-type]
+    except TypeError:
+        joined = "\n".join(str(d) for d in docids)  # ints given for string ids: compare their text
+    if not _split(np.frombuffer(joined.encode("utf-8"), dtype=np.uint8), out, ok):
+        out[:] = 0  # an id contained a newline: encode one by one
+        for i, d in enumerate(docids):
+            e = str(d).encode("utf-8")
+            if len(e) <= width and not e.endswith(b"\x00"):
+                out[i, : len(e)] = np.frombuffer(e, dtype=np.uint8)
+                ok[i] = True
+    return out.view(f"S{width}").ravel(), ok

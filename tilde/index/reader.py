@@ -25,7 +25,7 @@ from tilde.index.format import (
     IndexFormatError,
     Manifest,
 )
-from tilde.index.keys import int_keys
+from tilde.index.keys import int_keys, str_keys
 
 logger = logging.getLogger(__name__)
 
@@ -116,16 +116,8 @@ class TildeIndex:
         that cannot be a key (e.g. "abc" in an integer-keyed index) is simply not convertible."""
         if self.manifest.docid_kind in ("int", "range"):
             return int_keys(docids)
-        n = len(docids)
-        ok = np.ones(n, dtype=np.bool_)
         assert self.docids is not None
-        width = self.docids.dtype.itemsize
-        encoded = [str(d).encode("utf-8") for d in docids]
-        for i, e in enumerate(encoded):
-            if len(e) > width or e.endswith(b"\x00"):
-                ok[i] = False  # longer than any stored id: cannot be in the index
-        keys = np.array([e if ok[i] else b"" for i, e in enumerate(encoded)], dtype=self.docids.dtype)
-        return keys, ok
+        return str_keys(docids, self.docids.dtype.itemsize)
 
     def lookup(self, docids: Sequence[str | int]) -> np.ndarray:
         """Rows of ``docids`` (int64), -1 for ids not in the index."""
