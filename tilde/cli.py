@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list = [_NESTED[(args_list[0], args_list[1])], *args_list[2:]]
     args = build_parser().parse_args(args_list)
     # The CLI is an application, so it (unlike the library) may configure logging.
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(args._module)
     try:
         return int(module.main(args) or 0)

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def run_demo(
     expander: str | None = "default",
     depth: int = 10,
     show: int = 3,
-    out: object = None,
+    out: TextIO | None = None,
 ) -> dict[str, object]:
     """Run the demo and print to ``out`` (a file object; stdout by default). Returns the figures."""
     import sys
@@ -90,7 +91,7 @@ def run_demo(
     stream = out if out is not None else sys.stdout
 
     def say(text: str = "") -> None:
-        print(text, file=stream)  # type: ignore[call-overload]
+        print(text, file=stream)
 
     model_dir = model or str(default_model_path())
     say(f"model: {'the embedded default ' if model is None else ''}{model_dir}")
