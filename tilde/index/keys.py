@@ -129,7 +129,8 @@ def str_keys(docids: Sequence[object], width: int) -> tuple[np.ndarray, np.ndarr
     except TypeError:
         joined = "\n".join(str(d) for d in docids)  # ints given for string ids: compare their text
     if not _split(np.frombuffer(joined.encode("utf-8"), dtype=np.uint8), out, ok):
-        out[:] = 0  # an id contained a newline: encode one by one
+        out[:] = 0  # an id contained a newline: start over, encoding one by one
+        ok[:] = False
         for i, d in enumerate(docids):
             e = str(d).encode("utf-8")
             if len(e) <= width and not e.endswith(b"\x00"):
