@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tilde import __version__
-from tilde.index.format import MANIFEST, TOKENIZER, Manifest
+from tilde.index.format import MANIFEST, Manifest
 from tilde.index.writer import finalize
 from tilde.text import TextProcessor
 
@@ -95,13 +94,9 @@ def build_synthetic_index(out: Path, passages: int = 1_000_000, mean_len: int = 
     rng = np.random.default_rng(seed)
     step = 100_000
     chunks = [_chunk(rng, s, min(step, passages - s), text.vocab_size, mean_len) for s in range(0, passages, step)]
-    manifest = Manifest(
-        num_passages=0, num_postings=0, token_dtype="uint16", weight_dtype="float16", docid_kind="int",
-        docids_sorted=True, vocab_size=text.vocab_size, vocab_sha256=text.vocab_hash,
-        model="synthetic-random-weights", model_sha256="0" * 64, tilde_version=__version__,
-    )
-    text.tokenizer.save(str(out / TOKENIZER))
-    final = finalize(chunks, out, manifest)
+    manifest = Manifest(vocab_size=text.vocab_size, vocab_sha256=text.vocab_hash,
+                        model="synthetic-random-weights", model_sha256="0" * 64)
+    final = finalize(chunks, out, manifest, tokenizer=text.tokenizer)
     stamp.write_text(json.dumps(want))
     print(f"built synthetic index {out}: {final.num_passages} passages, {final.num_postings} postings "
           f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tilde import __version__
-from tilde.index.format import MANIFEST, TOKENIZER, Manifest
+from tilde.index.format import MANIFEST, Manifest
 from tilde.index.writer import finalize
 from tilde.text import TextProcessor
 
@@ -79,14 +78,9 @@ def build(out: Path, text: TextProcessor, n: int, draws: int = 118, seed: int = 
             }
             print(f"  built {start + b}/{n} passages", file=sys.stderr, end="\r")
 
-    manifest = Manifest(
-        num_passages=0, num_postings=0, token_dtype="uint16", weight_dtype="float16", docid_kind="int",
-        docids_sorted=True, vocab_size=text.vocab_size, vocab_sha256=text.vocab_hash, model="synthetic",
-        model_sha256="0" * 64, tilde_version=__version__,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    text.tokenizer.save(str(out / TOKENIZER))
-    finalize(list(chunks()), out, manifest)
+    manifest = Manifest(vocab_size=text.vocab_size, vocab_sha256=text.vocab_hash, model="synthetic",
+                        model_sha256="0" * 64)
+    finalize(list(chunks()), out, manifest, tokenizer=text.tokenizer)
     print(file=sys.stderr)
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tilde import __version__
-from tilde.index.format import TOKENIZER, Manifest
+from tilde.index.format import Manifest
 from tilde.index.writer import finalize
 from tilde.text import TextProcessor
 
@@ -58,14 +57,9 @@ def build_plain_index(out: Path, docs: Mapping[str, Mapping[str, float]] = PLAIN
         "tokens": np.array(tokens, dtype=np.uint32),
         "weights": np.array(weights, dtype=np.float16),
     }
-    manifest = Manifest(
-        num_passages=0, num_postings=0, token_dtype="uint16", weight_dtype="float16", docid_kind="int",
-        docids_sorted=True, vocab_size=text.vocab_size, vocab_sha256=text.vocab_hash, model="hand-made",
-        model_sha256="0" * 64, tilde_version=__version__,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    text.tokenizer.save(str(out / TOKENIZER))
-    finalize([chunk], out, manifest)
+    manifest = Manifest(vocab_size=text.vocab_size, vocab_sha256=text.vocab_hash, model="hand-made",
+                        model_sha256="0" * 64)
+    finalize([chunk], out, manifest, tokenizer=text.tokenizer)
     return out
 
 

@@ -16,11 +16,7 @@ VOCAB = 30522
 
 
 def manifest(vocab_size: int = VOCAB, vocab_sha256: str = "v" * 64) -> Manifest:
-    return Manifest(
-        num_passages=0, num_postings=0, token_dtype="uint16", weight_dtype="float16", docid_kind="int",
-        docids_sorted=True, vocab_size=vocab_size, vocab_sha256=vocab_sha256, model="synthetic",
-        model_sha256="m" * 64, tilde_version="test",
-    )
+    return Manifest(vocab_size=vocab_size, vocab_sha256=vocab_sha256, model="synthetic", model_sha256="m" * 64)
 
 
 def random_passages(n: int, seed: int = 0, vocab: int = 200, max_len: int = 40) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -41,16 +37,13 @@ def write_index(out: Path, docids: Sequence[str], postings: Sequence[tuple[np.nd
                 tokenizer: object | None = None) -> Manifest:
     """postings must already be pooled (sorted unique ids, float16 weights). With a
     ``tokenizers.Tokenizer``, it is stored with the index (as the build job does)."""
-    if tokenizer is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(str(out / "tokenizer.json"))  # type: ignore[attr-defined]
     chunk = {
         "docids": np.array(list(docids), dtype=np.str_),
         "lengths": np.array([len(t) for t, _ in postings], dtype=np.int64),
         "tokens": np.concatenate([t for t, _ in postings]).astype(np.uint32) if postings else np.zeros(0, np.uint32),
         "weights": np.concatenate([w for _, w in postings]).astype(np.float16) if postings else np.zeros(0, np.float16),
     }
-    return finalize([chunk], out, manifest(vocab_size, vocab_sha256), weight_dtype=weight_dtype)
+    return finalize([chunk], out, manifest(vocab_size, vocab_sha256), weight_dtype=weight_dtype, tokenizer=tokenizer)
 
 
 def naive_scores(raw: dict[str, tuple[np.ndarray, np.ndarray]], stop: set[int], query_ids: Sequence[int],

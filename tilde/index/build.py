@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from tilde import __version__
-from tilde.index.format import MANIFEST, TOKENIZER, IndexFormatError, Manifest
+from tilde.index.format import MANIFEST, IndexFormatError, Manifest
 from tilde.index.writer import PARTIAL, ChunkStore, finalize, pool_postings, remove_index_files
-from tilde.io import FormatError, Passage, atomic_path, collection_identity, count_lines, read_collection
+from tilde.io import FormatError, Passage, collection_identity, count_lines, read_collection
 from tilde.metering import Recorder, default_meter
 from tilde.text import TextProcessor
 
@@ -220,24 +219,15 @@ def build_index(
             bar.close()
 
     manifest = Manifest(
-        num_passages=0,
-        num_postings=0,
-        token_dtype="uint16",
-        weight_dtype=weight_dtype,
-        docid_kind="int",
-        docids_sorted=True,
         vocab_size=text.vocab_size,
         vocab_sha256=text.vocab_hash,
         model=str(model),
         model_sha256=model_sha,
-        tilde_version=__version__,
         max_passage_tokens=MAX_PASSAGE_TOKENS,
         expansion=expansion,
         shard={"index": i, "count": n, "start": start, "stop": stop, "total": total} if n > 1 else None,
     )
-    with atomic_path(out / TOKENIZER) as tmp:
-        text.tokenizer.save(str(tmp))
-    final = finalize(store.chunks(), out, manifest, weight_dtype=weight_dtype)
+    final = finalize(store.chunks(), out, manifest, weight_dtype=weight_dtype, tokenizer=text.tokenizer)
     store.remove()
     seconds = time.perf_counter() - started
     offsets = np.load(out / "offsets.npy", mmap_mode="r")

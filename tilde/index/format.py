@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tilde import __version__
+
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
@@ -60,17 +62,20 @@ def docid_kind(docids: list[str]) -> str:
 
 @dataclass(frozen=True)
 class Manifest:
-    num_passages: int
-    num_postings: int
-    token_dtype: str  # "uint16" | "uint32"
-    weight_dtype: str  # "float16" | "uint8"
-    docid_kind: str  # "int" | "str" | "range" (ids are 0..N-1 in row order: nothing stored)
-    docids_sorted: bool  # True: docids.npy is ascending and doubles as the lookup array
+    """Identity fields come first: a writer gives those, and ``finalize`` fills in the layout
+    fields (counts, dtypes, docid layout) from the data it writes."""
+
     vocab_size: int
     vocab_sha256: str
     model: str  # name or path it was built from
     model_sha256: str
-    tilde_version: str
+    tilde_version: str = __version__
+    num_passages: int = 0
+    num_postings: int = 0
+    token_dtype: str = "uint16"  # "uint16" | "uint32"
+    weight_dtype: str = "float16"  # "float16" | "uint8"
+    docid_kind: str = "int"  # "int" | "str" | "range" (ids are 0..N-1 in row order: nothing stored)
+    docids_sorted: bool = True  # True: docids.npy is ascending and doubles as the lookup array
     weight_scale: float | None = None  # uint8 only
     max_passage_tokens: int = 192
     expansion: Mapping[str, Any] | None = None  # settings recorded by the expansion job, if any

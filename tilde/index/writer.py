@@ -24,6 +24,7 @@ from tilde.index.format import (
     DOCIDS_SORTED,
     MANIFEST,
     OFFSETS,
+    TOKENIZER,
     TOKENS,
     WEIGHTS,
     IndexFormatError,
@@ -174,6 +175,7 @@ def finalize(
     out: Path,
     manifest: Manifest,
     weight_dtype: str = "float16",
+    tokenizer: Any = None,
 ) -> Manifest:
     """Assemble chunk data into the final arrays in ``out`` and write the manifest last.
 
@@ -183,6 +185,9 @@ def finalize(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is not an index
+    if tokenizer is not None:  # a ``tokenizers.Tokenizer``: queries must use the one the weights belong to
+        with atomic_path(out / TOKENIZER) as tmp:
+            tokenizer.save(str(tmp))
     chunks = list(chunks) if not isinstance(chunks, list) else chunks
     n = sum(len(c["lengths"]) for c in chunks)
     p = int(sum(int(c["lengths"].sum()) for c in chunks))
