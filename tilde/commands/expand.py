@@ -9,7 +9,8 @@ from tilde.cli import CommandError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="expansion checkpoint (ielab/TILDE, splade-tiny, ...): directory or hub id")
+    p.add_argument("--model", help="expansion checkpoint: a directory, a hub id (ielab/TILDE), or splade-tiny / "
+                   "default (the bundled one)")
     p.add_argument("--collection", help="pid<TAB>text TSV, or JSONL (Pyserini, BEIR); .gz ok")
     p.add_argument("--output", required=True,
                    help="expansion JSONL to write (.gz ok); its settings go to <output>.meta.json")
@@ -58,8 +59,13 @@ def main(args: argparse.Namespace) -> int:
             raise CommandError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from tilde.models import resolve_expander
+
+    model = resolve_expander(args.model)
+    if model is None:
+        raise CommandError("--model none: nothing to expand with")
     expander = load_expander(
-        args.model, args.expander, tokenizer=args.tokenizer, top_k=args.top_k, max_length=args.max_length,
+        model, args.expander, tokenizer=args.tokenizer, top_k=args.top_k, max_length=args.max_length,
         device=device, dtype=args.dtype,
     )
     summary = expand_collection(

