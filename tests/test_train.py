@@ -314,3 +314,38 @@ def test_teacher_pooling_and_prepare(toy: dict[str, Path], tmp_path: Path) -> No
     assert not set(first[len(base) + 1 :]) & set(base)
     tw = np.load(tmp_path / "data" / "term_weights.npy")
     assert tw.shape == (n,) and (tw[text.stop_ids] == 0).all()
+
+
+def test_cli_query_sets_and_groups_with_missing_passages(toy: dict[str, Path], tmp_path: Path) -> None:
+    import argparse
+
+    from tilde.cli import main
+    from tilde.commands.train import _present, _query_sets
+
+    # two query sets, one min grade each; mismatched lists are refused with the flag names
+    ns = argparse.Namespace(queries=["a", "b"], qrels=["qa", "qb"], run=["ra", "rb"], min_grade=[2, 1])
+    assert _query_sets(ns) == [("a", "qa", "ra", 2), ("b", "qb", "rb", 1)]
+    ns.min_grade = []
+    assert [s[3] for s in _query_sets(ns)] == [1, 1]
+    with pytest.raises(ValueError, match="--queries, --qrels and --run"):
+        _query_sets(argparse.Namespace(queries=["a", "b"], qrels=["qa"], run=["ra", "rb"], min_grade=[]))
+    with pytest.raises(ValueError, match="--min-grade"):
+        _query_sets(argparse.Namespace(queries=["a", "b"], qrels=["x", "y"], run=["r", "s"], min_grade=[1, 2, 3]))
+
+    # a positive missing from the passage files: the positives are recounted, never a negative promoted
+    have = {"p2", "n1", "n2"}
+    g = _present(Group("q", (1,), ("p1", "p2", "n1", "n2"), None, positives=2), have)
+    assert g is not None and g.pids == ("p2", "n1", "n2") and g.positives == 1
+    assert _present(Group("q", (1,), ("p1", "n1"), None, positives=1), have) is None  # no positive left
+    assert _present(Group("q", (1,), ("p2", "x"), None, positives=1), have) is None  # no negative left
+    d = _present(Group("q", (1,), ("a", "n1", "n2"), (3.0, 2.0, 1.0)), have)
+    assert d is not None and d.pids == ("n1", "n2") and d.scores == (2.0, 1.0)
+
+    out = tmp_path / "two-sets"
+    rc = main(
+        ["train", "supervised", "--base", str(toy["base"]), "--output", str(out), "--passages", str(toy["collection"])]
+        + ["--queries", str(toy["queries"]), "--qrels", str(toy["qrels"]), "--run", str(toy["run"])] * 2
+        + ["--min-grade", "1", "--steps", "2", "--batch-queries", "2", "--group-size", "3", "--device", "cpu"]
+        + ["--no-progress"]
+    )
+    assert rc == 0 and (out / "model.safetensors").is_file()

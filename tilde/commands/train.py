@@ -46,12 +46,48 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after", type=int, default=None, help="stop after N steps in this run (resume later)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
+        "--recommend-feedback",
+        metavar="DOCS,TERMS,WEIGHT",
+        help="record query-time pseudo-relevance feedback for this model (tilde_feedback in config.json): indexes "
+        "built with it re-rank with that feedback unless told --feedback off",
+    )
+    p.add_argument(
         "--init-tok-proj",
         type=int,
         default=0,
         metavar="N",
         help="fit tok_proj by ridge regression on the token targets of N passages before training",
     )
+
+
+def _query_sets(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
+    """(queries, qrels, run, min grade) per supervised query set; the three files come in step."""
+    n = len(args.queries)
+    if not (len(args.qrels) == len(args.run) == n):
+        raise ValueError(f"--queries, --qrels and --run come together: got {n}, {len(args.qrels)} and {len(args.run)}")
+    grades = args.min_grade or [1]
+    if len(grades) == 1:
+        grades = grades * n
+    if len(grades) != n:
+        raise ValueError(f"--min-grade: give one value, or one per --queries ({n}), not {len(grades)}")
+    return list(zip(args.queries, args.qrels, args.run, grades))
+
+
+def _present(g, passages):  # type: ignore[no-untyped-def]
+    """The group restricted to passages the passage files hold, or None when it no longer trains:
+    a distillation group needs two scored passages, a supervised one a positive and a negative."""
+    keep = [i for i, p in enumerate(g.pids) if p in passages]
+    positives = g.positives if g.scores is not None else sum(1 for i in keep if i < g.positives)
+    if positives == 0:
+        return None
+    kept = g.__class__(
+        g.qid,
+        g.query_ids,
+        tuple(g.pids[i] for i in keep),
+        tuple(g.scores[i] for i in keep) if g.scores is not None else None,
+        positives,
+    )
+    return kept if len(kept.pids) > kept.positives else None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,11 +97,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     _common(s)
     s.add_argument("--groups", help="groups JSONL ({qid, query, pos, neg})")
-    s.add_argument("--queries", help="queries TSV/JSONL (with --qrels and --run)")
-    s.add_argument("--qrels", help="TREC qrels")
-    s.add_argument("--run", help="first-stage run (negatives: its unjudged/non-relevant passages)")
-    s.add_argument("--min-grade", type=int, default=1, help="qrels grade counted as positive")
+    s.add_argument(
+        "--queries", action="append", default=[], help="queries TSV/JSONL (with --qrels and --run); repeatable"
+    )
+    s.add_argument("--qrels", action="append", default=[], help="TREC qrels, one per --queries")
+    s.add_argument(
+        "--run", action="append", default=[], help="first-stage run, one per --queries (negatives: its other passages)"
+    )
+    s.add_argument(
+        "--min-grade",
+        type=int,
+        action="append",
+        default=[],
+        help="qrels grade counted as positive (default 1): once for all sets, or once per --queries",
+    )
     s.add_argument("--depth", type=int, default=100, help="negatives from the run's top DEPTH")
+    s.add_argument("--token-targets", help="teacher document vectors (.npz) for an added token-level loss")
+    s.add_argument("--term-weights", help="per-term query weights (.npy) multiplying the token targets")
+    s.add_argument("--token-loss-weight", type=float, default=0.0, help="weight of the token-level loss")
     d = sub.add_parser("distill", help="learn a teacher's scores over candidate lists (margin-MSE or KL)")
     _common(d)
     d.add_argument(
@@ -96,6 +145,10 @@ def main(args: argparse.Namespace) -> int:
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    if getattr(args, "recommend_feedback", None):
+        from tilde.rank.feedback import parse_feedback
+
+        parse_feedback(args.recommend_feedback)  # a typo fails now, not after the training run
     if args.train_mode == "prepare":
         from tilde.train.prepare import prepare
 
@@ -122,15 +175,15 @@ def main(args: argparse.Namespace) -> int:
     text = TextProcessor.load(base)
     groups = None
     if args.train_mode in ("supervised", "distill"):
-        if args.groups:
-            groups = read_groups(args.groups, text)
-        elif args.train_mode == "supervised" and args.queries and args.qrels and args.run:
-            queries = {q.qid: q.text for q in read_queries(args.queries)}
-            groups = groups_from_qrels(
-                queries, read_qrels(args.qrels), read_run(args.run), text, min_grade=args.min_grade, depth=args.depth
-            )
-        else:
-            raise ValueError("give --groups, or --queries + --qrels + --run")
+        groups = read_groups(args.groups, text) if args.groups else []
+        if args.train_mode == "supervised":
+            for queries_file, qrels_file, run_file, grade in _query_sets(args):
+                queries = {q.qid: q.text for q in read_queries(queries_file)}
+                groups += groups_from_qrels(
+                    queries, read_qrels(qrels_file), read_run(run_file), text, min_grade=grade, depth=args.depth
+                )
+        if not groups:
+            raise ValueError("no training groups: give --groups, or --queries + --qrels + --run")
     targets = None
     token_weight = getattr(args, "token_loss_weight", 0.0)
     if getattr(args, "token_targets", None):
@@ -139,18 +192,8 @@ def main(args: argparse.Namespace) -> int:
     passages = PassageStore.load(args.passages, text, wanted=wanted)
     if groups is not None:
         before = len(groups)
-        groups = [g for g in groups if all(p in passages for p in g.pids[:1]) and g.query_ids]
-        groups = [
-            g.__class__(
-                g.qid,
-                g.query_ids,
-                tuple(p for p in g.pids if p in passages),
-                tuple(s for p, s in zip(g.pids, g.scores) if p in passages) if g.scores else None,
-                g.positives,
-            )
-            for g in groups
-        ]
-        groups = [g for g in groups if len(g.pids) > g.positives]
+        groups = [_present(g, passages) for g in groups if g.query_ids]
+        groups = [g for g in groups if g is not None]
         if len(groups) < before:
             print(f"tilde train: {before - len(groups)} groups dropped (passages missing or empty query)")
     config = TrainConfig(
@@ -183,4 +226,25 @@ def main(args: argparse.Namespace) -> int:
         meta=meta,
     )
     print(summary.format())
+    if args.recommend_feedback and summary.steps >= config.steps:
+        recommend_feedback(args.output, args.recommend_feedback)
+        print(f"recommended feedback {args.recommend_feedback} recorded in {args.output}/config.json")
     return 0
+
+
+def recommend_feedback(model_dir: str, spec: str) -> None:
+    """Write ``tilde_feedback`` into a saved model's config.json (atomically)."""
+    import json
+    from pathlib import Path
+
+    from tilde.io import atomic_write_text
+    from tilde.rank.feedback import parse_feedback
+
+    fb = parse_feedback(spec)
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text("utf-8"))
+    if fb is None:
+        config.pop("tilde_feedback", None)
+    else:
+        config["tilde_feedback"] = fb.to_dict()
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
