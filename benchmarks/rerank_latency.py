@@ -144,6 +144,8 @@ def main() -> None:
     ap.add_argument("--baseline-passages", type=int, default=20_000)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tilde-bench")
     ap.add_argument("--weights", choices=("float16", "uint8"), default="float16")
+    ap.add_argument("--feedback", default="5,30,0.5",
+                    help="also time pseudo-relevance feedback with these DOCS,TERMS,WEIGHT ('off': skip)")
     args = ap.parse_args()
 
     from tilde.rank import Reranker
@@ -200,6 +202,32 @@ def main() -> None:
           f"{1e3 * len(lat) / sum(lat):.0f} queries/s, {args.candidates * 1e3 * len(lat) / sum(lat):.0f} candidates/s")
     print("  per stage p50 ms: " + ", ".join(f"{k} {np.percentile(v, 50):.3f}" for k, v in stage.items()))
 
+    from tilde.rank.feedback import parse_feedback
+
+    fb = parse_feedback(args.feedback)
+    fb_line = ""
+    if fb is not None:
+        # The same queries and candidate draws as the plain loop, second pass included.
+        rng_fb = np.random.default_rng(2)
+        for _ in queries[:300]:
+            rng_fb.integers(0, m.num_passages, size=args.candidates)
+        rr.warmup()
+        rr_fb = Reranker(rr.index, rr.text, feedback=fb)
+        rr_fb.warmup()
+        flat, fstage = [], {}
+        for q in queries:
+            cands = rng_fb.integers(0, m.num_passages, size=args.candidates).astype(str).tolist()
+            t0 = time.perf_counter()
+            res = rr_fb.rerank(q, cands)
+            flat.append((time.perf_counter() - t0) * 1e3)
+            for k, v in res.timing_ms.items():
+                fstage.setdefault(k, []).append(v)
+        f50, f99 = float(np.percentile(flat, 50)), float(np.percentile(flat, 99))
+        print(f"tilde + feedback {fb} (docs,terms,weight): p50 {f50:.3f} ms, p99 {f99:.3f} ms, "
+              f"x{f50 / p50:.2f} the plain p50")
+        print("  per stage p50 ms: " + ", ".join(f"{k} {np.percentile(v, 50):.3f}" for k, v in fstage.items()))
+        fb_line = f" feedback_p50_ms={f50:.3f} feedback_p99_ms={f99:.3f}"
+
     # The same candidates already scored once (warm cache), for the memory-latency picture.
     cands = rng.integers(0, m.num_passages, size=args.candidates).astype(str).tolist()
     rr.rerank(queries[0], cands)
@@ -222,7 +250,7 @@ def main() -> None:
     print(f"baseline (dict of token -> weight lists, reference algorithm, {sub.size} passages in RAM): "
           f"p50 {b50:.3f} ms, p99 {np.percentile(base, 99):.3f} ms")
     print(f"p50_ms={p50:.3f} p99_ms={p99:.3f} baseline_p50_ms={b50:.3f} speedup={b50 / p50:.1f} "
-          f"open_s={opened:.3f} bytes_per_posting={bytes_per_posting:.3f}")
+          f"open_s={opened:.3f} bytes_per_posting={bytes_per_posting:.3f}{fb_line}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="TILDEv2 checkpoint to re-rank with (omit: BM25 only)")
     p.add_argument("--expander", default=None, help="expand passages first (tilde.expand)")
     p.add_argument("--depth", type=int, default=100, help="BM25 depth, all re-ranked (default 100)")
+    p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
+                   "the model recommends; then plain TILDEv2 is reported too), off, or DOCS,TERMS,WEIGHT")
     p.add_argument("--bm25-index", default=None, help="BM25 index dir to reuse/build (default: a temporary one)")
     p.add_argument("--cache-dir", default=None, help="TILDE index cache (default ~/.cache/tilde/eval)")
     p.add_argument("--report", default=None, help="write report.md + PNG plots into this directory")
@@ -83,11 +85,21 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
     if args.model:
         needed = {d for hits in run.values() for d, _ in hits}
         cached = prepare_index(args.model, corpus, needed, expander=args.expander, cache_dir=args.cache_dir)
-        reranker = Reranker.load(cached.path, missing="zero")
+        from tilde.rank.feedback import feedback_arg
+
+        reranker = Reranker.load(cached.path, missing="zero", feedback=feedback_arg(args.feedback))
         texts = {q.qid: q.text for q in queries}
+        if reranker.feedback is not None:
+            plain = Reranker(reranker.index, reranker.text, missing="zero", feedback=None)
+            plain_run, plain_times = rerank_run(plain, texts, run, depth=args.depth)
+            plain_res = evaluate(plain_run, qrels, measures)
+            plain_name = f"BM25 -> {Path(args.model).name} (plain TILDEv2)"
+            lines.append(f"{plain_name}: " + _cells(plain_res.aggregate))
+            rows.append(SystemRow(plain_name, "re-ranked", plain_res.aggregate, first_stage="BM25"))
+            timings[plain_name] = times.merged(plain_times)
         reranked, rr_times = rerank_run(reranker, texts, run, depth=args.depth)
         after = evaluate(reranked, qrels, measures)
-        name = f"BM25 -> {Path(args.model).name}"
+        name = f"BM25 -> {Path(args.model).name}" + (f" + PRF({reranker.feedback})" if reranker.feedback else "")
         lines.append(f"{name}: " + _cells(after.aggregate)
                      + f" (index {'built' if cached.built else 'cached'}: {cached.passages} passages)")
         rows.append(SystemRow(name, "re-ranked", after.aggregate, first_stage="BM25"))

@@ -46,8 +46,10 @@ def default_cache_dir() -> Path:
 def resolve_model(model: str | None) -> str:
     """``model``, else the package's embedded default TILDEv2 model
     (``tilde.models.default_model_path()``) when it is there, else an error naming the flag."""
-    if model:
-        return model
+    if model and model != "default":
+        from tilde.models import bundled_path
+
+        return bundled_path(model)
     why = "tilde.models is not available"
     try:
         from tilde.models import default_model_path
@@ -134,21 +136,30 @@ def prepare_index(
     progress: bool = False,
 ) -> CachedIndex:
     """The index of the ``needed`` passages of ``passages`` under ``model`` (built or cached)."""
-    from tilde.index.build import build_index
+    from tilde.index.build import build_index, model_feedback
     from tilde.index.format import MANIFEST, IndexFormatError
     from tilde.model import load_model, weights_hash
+    from tilde.models import bundled_path
 
+    model = bundled_path(model)
     passages = Path(passages)
     if not passages.is_file():
         raise FileNotFoundError(f"{passages}: no such passages file")
     wanted = set(needed)
     started = time.perf_counter()
-    model_sha = weights_hash(load_model(model))
+    net = load_model(model)
+    model_sha = weights_hash(net)
+    if expander is not None:
+        from tilde.models import resolve_expander
+
+        expander = resolve_expander(expander)
     module = _expansion_module() if expander is not None else None
     expander_obj = module.load_expander(expander) if module is not None else None
     pid_hash = hashlib.sha256("\n".join(sorted(wanted)).encode("utf-8")).hexdigest()
     key_fields: dict[str, Any] = {
         "model_sha256": model_sha,
+        # The index records the model's recommended feedback: a change must not reuse an old index.
+        **({"feedback": fb} if (fb := model_feedback(net.config, where=str(model))) else {}),
         "expander": None if expander_obj is None else _expansion_key(expander_obj),
         "passages_sha256": _file_sha256(passages),
         "pids_sha256": pid_hash,

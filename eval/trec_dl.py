@@ -73,6 +73,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--report", default=None, help="write report.md + PNG plots into this directory")
     p.add_argument("--save-runs", default=None, help="write the re-ranked runs (TREC format) into this directory")
     p.add_argument("--batch-size", type=int, default=32, help="encoding batch size for indexing")
+    p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
+                   "the model recommends; then plain TILDEv2 is reported too), off, or DOCS,TERMS,WEIGHT")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -114,14 +116,22 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
                            batch_size=args.batch_size, progress=False)
     lines = [f"index: {cached.path} ({'built' if cached.built else 'cached'}, {cached.passages} passages"
              + (f", {cached.absent} needed passages absent from passages.tsv" if cached.absent else "") + ")"]
-    reranker = Reranker.load(cached.path, missing="zero")
+    from tilde.rank.feedback import feedback_arg
+
+    reranker = Reranker.load(cached.path, missing="zero", feedback=feedback_arg(args.feedback))
     measures = trec_dl_measures()
     label = model_label(model) + (f" + {model_label(args.expander)}" if args.expander else "")
+    plain_label = label
+    if reranker.feedback is not None:
+        label += f" + PRF({reranker.feedback})"
+        lines.append(f"scoring: TILDEv2 + pseudo-relevance feedback {reranker.feedback} (docs,terms,weight); "
+                     f"the plain TILDEv2 rows have it off")
     rows: list[SystemRow] = []
     timings: dict[str, StageTimes] = {}
     reranked_ndcg: dict[str, float] = {}
     first_ndcg: dict[str, float] = {}
     width = max(len(f"{name} -> {label}") for name in runs)
+    plain = Reranker(reranker.index, reranker.text, missing="zero", feedback=None) if reranker.feedback else None
     lines.append(f"{'system':<{width}} " + "  ".join(f"{MEASURE_LABELS[m]:>7}" for m in METRICS))
     for name, run in runs.items():
         first_pairs = {qid: [(e.docid, e.score) for e in entries] for qid, entries in run.items()}
@@ -129,10 +139,18 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
         after_run, times = rerank_run(reranker, queries, first_pairs, depth=args.depth)
         after = evaluate(after_run, qrels, measures)
         first_ndcg[name], reranked_ndcg[name] = before.aggregate["ndcg@10"], after.aggregate["ndcg@10"]
-        rows += [SystemRow(name, "first stage", before.aggregate),
-                 SystemRow(f"{name} -> {label}", "re-ranked", after.aggregate, first_stage=name)]
+        shown = [(name, before)]
+        rows.append(SystemRow(name, "first stage", before.aggregate))
+        if plain is not None:
+            plain_run, plain_times = rerank_run(plain, queries, first_pairs, depth=args.depth)
+            plain_res = evaluate(plain_run, qrels, measures)
+            rows.append(SystemRow(f"{name} -> {plain_label}", "re-ranked", plain_res.aggregate, first_stage=name))
+            timings[f"{name} -> {plain_label}"] = plain_times
+            shown.append((f"{name} -> {plain_label}", plain_res))
+        rows.append(SystemRow(f"{name} -> {label}", "re-ranked", after.aggregate, first_stage=name))
         timings[f"{name} -> {label}"] = times
-        for sys_name, res in ((name, before), (f"{name} -> {label}", after)):
+        shown.append((f"{name} -> {label}", after))
+        for sys_name, res in shown:
             lines.append(f"{sys_name:<{width}} " + "  ".join(f"{res.aggregate[m]:>7.4f}" for m in METRICS))
         if args.save_runs:
             out = Path(args.save_runs)

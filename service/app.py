@@ -106,6 +106,7 @@ def _meta(clock: StageClock, method: str, ranked: Ranked | None = None) -> dict[
         meta["missing"] = ranked.missing
         meta["encoded"] = ranked.encoded
         meta["query_tokens"] = ranked.query_tokens
+        meta["feedback_terms"] = ranked.feedback_terms
     return meta
 
 
@@ -174,7 +175,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
             results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
             clock.lap("serialize", len(ranked.order))
             item = {"index": qi, "id": req.id, "missing": ranked.missing, "encoded": ranked.encoded,
-                    "query_tokens": ranked.query_tokens}
+                    "query_tokens": ranked.query_tokens, "feedback_terms": ranked.feedback_terms}
             parts.append((item, results))
             n += len(req)
             encoded += len(ranked.encoded)

@@ -39,6 +39,7 @@ class ServiceConfig:
     tokenizer: str | None = None  # default: the tokenizer stored with the index
     bm25: str | None = None  # BM25 index for /v1/search (default: <index>/bm25 when it exists)
     missing: str = "error"  # unknown ids: "error" (422, strict), "skip", or "zero"; a request may override
+    feedback: str = "index"  # pseudo-relevance feedback: "index" (what the model recommends), "off", or D,T,W
     max_body_bytes: int = 16 * 1024 * 1024  # 413 beyond this
     max_documents: int = 10_000  # candidates per query
     max_batch_queries: int = 256  # queries per /v1/rerank/batch request
@@ -54,6 +55,13 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.missing not in MISSING_POLICIES:
             raise ConfigError(f"missing must be one of {', '.join(MISSING_POLICIES)}, not {self.missing!r}")
+        if self.feedback != "index":
+            from tilde.rank.feedback import feedback_arg
+
+            try:
+                feedback_arg(self.feedback)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.meter not in METERS:
             raise ConfigError(f"meter must be one of {', '.join(METERS)}, not {self.meter!r}")
         for name in ("max_body_bytes", "max_documents", "max_batch_queries", "max_text_chars", "max_query_chars",

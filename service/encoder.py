@@ -71,8 +71,11 @@ class TextEncoder:
             weights = encode(self.net, inputs, pad_id=self._pad)
         return [pool_postings(np.asarray(ids), w, self._stop) for ids, w in zip(inputs, weights)]
 
-    def score(self, query_ids: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """float64 scores of ``texts`` for the (stop-filtered) query ids."""
+    def score(
+        self, query_ids: np.ndarray, texts: Sequence[str], expansion: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """float64 scores of ``texts`` for the (stop-filtered) query ids, plus the weighted
+        matches of feedback ``expansion`` tokens (ids, weights) when given."""
         posts = self.postings(texts)
         lengths = np.array([t.size for t, _ in posts], dtype=np.int64)
         offsets = np.zeros(len(posts) + 1, dtype=np.int64)
@@ -83,7 +86,11 @@ class TextEncoder:
         else:
             tokens, codes = np.zeros(0, self._token_dtype), np.zeros(0, np.uint16)
         q, counts = prepare_query(query_ids)
-        return score_rows(offsets, tokens, codes, _F16_TABLE, np.arange(len(posts), dtype=np.int64), q, counts)
+        rows = np.arange(len(posts), dtype=np.int64)
+        out = score_rows(offsets, tokens, codes, _F16_TABLE, rows, q, counts)
+        if expansion is not None and expansion[0].size:
+            out += score_rows(offsets, tokens, codes, _F16_TABLE, rows, expansion[0], expansion[1])
+        return out
 
     def warmup(self) -> None:
         self.score(np.zeros(0, dtype=np.int64), ["warmup"])

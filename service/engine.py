@@ -105,11 +105,17 @@ class Engine:
         clock.lap("lookup", n)
         scores = self.reranker.score_ids(q, rows)
         clock.lap("score", n)
+        expansion = None
+        if self.reranker.feedback is not None:
+            # Feedback passages come from the indexed candidates; texts encoded below are scored
+            # with the same expanded query.
+            expansion = self.reranker.expand(q, rows, scores, self.reranker.feedback)
+            clock.lap("feedback", n)
         unknown = rows < 0
         missing: list[dict[str, Any]] = []
         encoded: list[dict[str, Any]] = []
         if unknown.any():
-            missing, encoded = self._resolve(q, req, ids, unknown, scores, policy, clock, budget, where)
+            missing, encoded = self._resolve(q, req, ids, unknown, scores, policy, clock, budget, where, expansion)
         if missing:
             known_pos = np.flatnonzero(~unknown)
             order = known_pos[np.argsort(-scores[known_pos], kind="stable")]
@@ -119,7 +125,8 @@ class Engine:
             order = np.argsort(-scores, kind="stable")
         if req.top_n is not None:
             order = order[: req.top_n]
-        ranked = Ranked(order, scores[order], missing, encoded, int(q.size))
+        added = 0 if expansion is None else int(expansion[0].size)
+        ranked = Ranked(order, scores[order], missing, encoded, int(q.size), added)
         clock.lap("sort", n)
         return ranked
 
@@ -134,6 +141,7 @@ class Engine:
         clock: StageClock,
         budget: EncodeBudget,
         where: str,
+        expansion: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Encode texts not in the index (updates ``scores`` and ``unknown`` in place) and report
         the rest as missing, or raise under the "error" policy."""
@@ -152,7 +160,7 @@ class Engine:
                 )
             budget.left -= len(with_text)
             assert docs is not None
-            scores[with_text] = self.encoder.score(q, [docs[i].text or "" for i in with_text])
+            scores[with_text] = self.encoder.score(q, [docs[i].text or "" for i in with_text], expansion)
             unknown[with_text] = False
             encoded = [{"index": i, "id": ids[i]} for i in with_text]
             clock.lap("encode", len(with_text))

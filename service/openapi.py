@@ -94,6 +94,8 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                 "encoded": {"type": "array", "items": _ref("Report"),
                             "description": "Documents scored by encoding their text on the fly (no expansion)"},
                 "query_tokens": {"type": "integer"},
+                "feedback_terms": {"type": "integer",
+                                   "description": "Expansion tokens added by pseudo-relevance feedback (see /info)"},
             },
         },
         "RerankResponse": {
@@ -124,7 +126,7 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                     "results": {"type": "array", "items": _ref("Result")},
                     "missing": {"type": "array", "items": _ref("Report")},
                     "encoded": {"type": "array", "items": _ref("Report")},
-                    "query_tokens": {"type": "integer"}}}},
+                    "query_tokens": {"type": "integer"}, "feedback_terms": {"type": "integer"}}}},
                 "meta": _ref("Meta"),
             },
         },

@@ -99,6 +99,7 @@ class Ranked:
     missing: list[dict[str, Any]]
     encoded: list[dict[str, Any]]
     query_tokens: int
+    feedback_terms: int = 0  # expansion tokens pseudo-relevance feedback added (0: off or none found)
 
 
 def _fail(message: str) -> ApiError:

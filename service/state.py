@@ -63,7 +63,9 @@ class ServiceState:
                     raise ConfigError("no index configured (set --index or TILDE_INDEX)")
                 t0 = time.perf_counter()
                 c = self.config
-                reranker = Reranker.load(c.index, tokenizer=c.tokenizer, missing=c.missing)
+                reranker = Reranker.load(
+                    c.index, tokenizer=c.tokenizer, missing=c.missing, feedback=_feedback(c.feedback)
+                )
                 reranker.warmup()
                 self.engine = Engine(reranker, None)
                 self._load_bm25()
@@ -104,6 +106,7 @@ class ServiceState:
             "ready": self.ready,
             "pid": os.getpid(),
             "missing_policy": c.missing,
+            "feedback": None,
             "limits": c.limits(),
             "formats": ["application/json", "application/msgpack"],
             "meter": {"method": self.recorder.method},
@@ -117,6 +120,8 @@ class ServiceState:
                                   "endpoint": "/v1/search"}
         if self.engine is not None:
             idx = self.engine.reranker.index
+            fb = self.engine.reranker.feedback
+            out["feedback"] = fb.to_dict() if fb is not None else None
             m = idx.manifest
             out["model"].update({"index_model": m.model, "index_model_sha256": m.model_sha256})
             out["index"] = {
@@ -134,3 +139,10 @@ class ServiceState:
                 "open_seconds": self.load_seconds,
             }
         return out
+
+
+def _feedback(spec: str):  # type: ignore[no-untyped-def]
+    """The Reranker's feedback argument for the config's ``feedback`` string."""
+    from tilde.rank.feedback import feedback_arg
+
+    return feedback_arg(spec)

@@ -103,3 +103,59 @@ def test_mismatched_model_is_refused(built: tuple[Path, Path], tmp_path: Path) -
         create_app(ServiceConfig(index=str(index), model=str(other)))
     app = create_app(ServiceConfig(index=str(index), model=str(other), check_model=False))
     assert app.test_client().get("/ready").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def built_feedback(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same tiny model recommending pseudo-relevance feedback (tilde_feedback in its config)."""
+    from tilde.commands.train import recommend_feedback
+    from tilde.index.build import build_index
+
+    root = tmp_path_factory.mktemp("svc-feedback")
+    model = tiny_model(root / "model")
+    recommend_feedback(str(model), "2,5,0.5")
+    coll = root / "collection.tsv"
+    coll.write_text("".join(f"{pid}\t{text}\n" for pid, text in PASSAGES.items()), "utf-8")
+    build_index(str(model), coll, root / "index", progress=False, batch_size=2)
+    return model, root / "index"
+
+
+def test_feedback_recommended_by_the_model(built_feedback: tuple[Path, Path]) -> None:
+    from tilde.index import TildeIndex
+    from tilde.rank import Reranker
+    from tilde.rank.feedback import Feedback
+
+    model, index = built_feedback
+    assert TildeIndex.open(index).manifest.feedback == {"docs": 2, "terms": 5, "weight": 0.5}
+    client = create_app(ServiceConfig(index=str(index), model=str(model), max_encode=3)).test_client()
+    assert json.loads(client.get("/info").data)["feedback"] == {"docs": 2, "terms": 5, "weight": 0.5}
+    query = "apple cherry green"
+    ids = list(PASSAGES)
+    out = json.loads(post(client, {"query": query, "ids": ids}).data)
+    expected = Reranker.load(index).rerank(query, ids)
+    assert expected.feedback_terms > 0 and out["meta"]["feedback_terms"] == expected.feedback_terms
+    assert [(r["index"], r["relevance_score"]) for r in out["results"]] == [
+        (d.index, d.score) for d in expected.results
+    ]
+    plain = Reranker.load(index, feedback=None).rerank(query, ids)
+    assert [d.score for d in plain.results] != [d.score for d in expected.results]
+    # a text encoded on the fly is scored with the same expanded query as the indexed passages
+    docs = [{"id": pid} for pid in ids] + [{"id": "copy-of-1", "text": PASSAGES["1"]}]
+    out = json.loads(post(client, {"query": query, "documents": docs}).data)
+    got = {r["index"]: r["relevance_score"] for r in out["results"]}
+    assert got[4] == got[0] and out["meta"]["encoded"] == [{"index": 4, "id": "copy-of-1"}]
+    # the service can turn it off, or set its own
+    off = create_app(ServiceConfig(index=str(index), model=str(model), feedback="off")).test_client()
+    assert json.loads(off.get("/info").data)["feedback"] is None
+    out = json.loads(post(off, {"query": query, "ids": ids}).data)
+    assert out["meta"]["feedback_terms"] == 0
+    assert [r["relevance_score"] for r in out["results"]] == [d.score for d in plain.results]
+    own = create_app(ServiceConfig(index=str(index), feedback="1,3,1")).test_client()
+    assert json.loads(own.get("/info").data)["feedback"] == Feedback(1, 3, 1.0).to_dict()
+
+
+def test_bad_feedback_setting_is_a_config_error() -> None:
+    from service.config import ConfigError
+
+    with pytest.raises(ConfigError, match="feedback"):
+        ServiceConfig(index="x", feedback="5,30")

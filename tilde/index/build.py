@@ -94,6 +94,19 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, unit="psg", disable=not enabled, dynamic_ncols=True)
 
 
+def model_feedback(config: Any, where: str) -> dict[str, Any] | None:
+    """The query-time feedback a model recommends (``tilde_feedback`` in its config.json),
+    checked; None for models that do not (every reference checkpoint)."""
+    rec = getattr(config, "tilde_feedback", None)
+    if rec is None:
+        return None
+    from tilde.rank.feedback import Feedback
+
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: tilde_feedback in config.json must be an object, not {rec!r}")
+    return Feedback.from_dict(rec, where=f"{where}: tilde_feedback").to_dict()
+
+
 def build_index(
     model: str | None,
     collection: str | os.PathLike[str],
@@ -225,6 +238,7 @@ def build_index(
         model_sha256=model_sha,
         max_passage_tokens=MAX_PASSAGE_TOKENS,
         expansion=expansion,
+        feedback=model_feedback(net.config, where=str(model)),
         shard={"index": i, "count": n, "start": start, "stop": stop, "total": total} if n > 1 else None,
     )
     final = finalize(store.chunks(), out, manifest, weight_dtype=weight_dtype, tokenizer=text.tokenizer)

@@ -80,6 +80,9 @@ class Manifest:
     max_passage_tokens: int = 192
     expansion: Mapping[str, Any] | None = None  # settings recorded by the expansion job, if any
     shard: Mapping[str, int] | None = None  # {"index", "count", "start", "stop", "total"} for a shard
+    # Query-time pseudo-relevance feedback the model recommends ({"docs", "terms", "weight"}, from
+    # ``tilde_feedback`` in its config; tilde.rank.feedback). None: plain TILDEv2 scoring.
+    feedback: Mapping[str, Any] | None = None
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from tilde.index.reader import TildeIndex
+from tilde.rank.feedback import Feedback, feedback_terms
 from tilde.rank.kernel import prepare_query, score_rows
 from tilde.text import TextProcessor
 
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["MISSING_POLICIES", "RerankResult", "Reranker", "ScoredDoc", "UnknownDocidError"]
 
 MISSING_POLICIES = ("error", "skip", "zero")
+INDEX_DEFAULT = "index"  # feedback as the index manifest recommends (its model's tilde_feedback)
 
 
 class UnknownDocidError(KeyError):
@@ -60,6 +62,7 @@ class RerankResult:
     missing: tuple[str, ...]
     query_tokens: int
     timing_ms: dict[str, float] = field(default_factory=dict)
+    feedback_terms: int = 0  # expansion tokens pseudo-relevance feedback added (0: plain TILDEv2)
 
     @property
     def results(self) -> list[ScoredDoc]:
@@ -83,6 +86,7 @@ class Reranker:
         text: TextProcessor,
         missing: str = "error",
         recorder: Recorder | None = None,
+        feedback: Feedback | str | None = INDEX_DEFAULT,
     ) -> None:
         if missing not in MISSING_POLICIES:
             raise ValueError(f"missing must be one of {MISSING_POLICIES}, not {missing!r}")
@@ -91,6 +95,7 @@ class Reranker:
         self.text = text
         self.missing = missing
         self.recorder = recorder
+        self.feedback = self._feedback(feedback)
         # Bind the arrays once: attribute lookups through the dataclass cost more than the kernel
         # on small candidate lists.
         self._arrays = (index.offsets, index.tokens, index.weight_codes, index.weight_table)
@@ -102,11 +107,22 @@ class Reranker:
         tokenizer: str | os.PathLike[str] | None = None,
         missing: str = "error",
         recorder: Recorder | None = None,
+        feedback: Feedback | str | None = INDEX_DEFAULT,
     ) -> Reranker:
-        """Open an index; the tokenizer defaults to the one stored with it."""
+        """Open an index; the tokenizer defaults to the one stored with it. ``feedback``:
+        ``"index"`` (default) = what the index's model recommends (none for reference models),
+        None = plain TILDEv2 scoring, or a :class:`Feedback`."""
         index = TildeIndex.open(index_dir)
         text = TextProcessor.load(tokenizer if tokenizer is not None else index.tokenizer_path)
-        return cls(index, text, missing=missing, recorder=recorder)
+        return cls(index, text, missing=missing, recorder=recorder, feedback=feedback)
+
+    def _feedback(self, feedback: Feedback | str | None) -> Feedback | None:
+        if feedback is None or isinstance(feedback, Feedback):
+            return feedback
+        if feedback == INDEX_DEFAULT:
+            rec = self.index.manifest.feedback
+            return Feedback.from_dict(rec, where=f"{self.index.path}: manifest feedback") if rec else None
+        raise ValueError(f"feedback must be a Feedback, None or {INDEX_DEFAULT!r}, not {feedback!r}")
 
     def warmup(self, prefault: bool = False) -> None:
         """Compile the kernel and run one query, so the first request is not slow. With
@@ -115,6 +131,10 @@ class Reranker:
             self.index.prefault()
         if len(self.index):
             self.rerank("warmup", [self.index.docid(0)], missing="skip")
+            if self.feedback is not None:  # compile the feedback pass too ("warmup" may match nothing)
+                offsets, tokens, codes, table = self._arrays
+                feedback_terms(offsets, tokens, codes, table, np.zeros(1, np.int64), np.zeros(0, np.int64), 1, 1.0,
+                               int(self.index.manifest.vocab_size))
 
     def score_ids(self, query_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
         q, counts = prepare_query(query_ids)
@@ -126,8 +146,11 @@ class Reranker:
         candidates: Sequence[str | int],
         top_n: int | None = None,
         missing: str | None = None,
+        feedback: Feedback | str | None = "reranker",
     ) -> RerankResult:
-        """Score ``candidates`` (index docids) for ``query`` and sort them, best first."""
+        """Score ``candidates`` (index docids) for ``query`` and sort them, best first.
+        ``feedback`` overrides the re-ranker's setting for this call (None: off)."""
+        fb = self.feedback if feedback == "reranker" else self._feedback(feedback)
         policy = self.missing if missing is None else missing
         if policy not in MISSING_POLICIES:
             raise ValueError(f"missing must be one of {MISSING_POLICIES}, not {policy!r}")
@@ -145,6 +168,10 @@ class Reranker:
             t2 = time.perf_counter()
             scores = self.score_ids(q, rows)
             t3 = time.perf_counter()
+            added = 0
+            if fb is not None:
+                added = int(self.expand(q, rows, scores, fb)[0].size)
+            t3b = time.perf_counter()
             unknown = rows < 0
             missing_ids: tuple[str, ...] = ()
             if unknown.any():
@@ -165,15 +192,50 @@ class Reranker:
             "tokenize": (t1 - t0) * 1e3,
             "lookup": (t2 - t1) * 1e3,
             "score": (t3 - t2) * 1e3,
-            "sort": (t4 - t3) * 1e3,
+            "sort": (t4 - t3b) * 1e3,
         }
-        return RerankResult(candidates, order, scores[order], missing_ids, int(q.size), timing)
+        if fb is not None:
+            timing["feedback"] = (t3b - t3) * 1e3
+        return RerankResult(candidates, order, scores[order], missing_ids, int(q.size), timing, added)
+
+    def expand(
+        self, q: np.ndarray, rows: np.ndarray, scores: np.ndarray, fb: Feedback
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pseudo-relevance feedback (:mod:`tilde.rank.feedback`): the expansion tokens (ids,
+        weights) drawn from the best ``fb.docs`` indexed candidates (``rows`` >= 0) by their
+        first-pass ``scores``; their weighted matches are added to ``scores`` in place."""
+        none = (np.empty(0, np.int64), np.empty(0, np.float64))
+        known = np.flatnonzero(rows >= 0)
+        if known.size == 0 or q.size == 0:
+            return none
+        best = known[np.argsort(-scores[known], kind="stable")[: fb.docs]]
+        best = best[scores[best] > 0]  # a passage matching no query token says nothing about it
+        if best.size == 0:
+            return none
+        offsets, tokens, codes, table = self._arrays
+        ids, weights = feedback_terms(
+            offsets,
+            tokens,
+            codes,
+            table,
+            np.ascontiguousarray(rows[best], dtype=np.int64),
+            np.unique(q.astype(np.int64)),
+            fb.terms,
+            float(fb.weight),
+            int(self.index.manifest.vocab_size),
+        )
+        if ids.size:
+            scores += score_rows(*self._arrays, np.ascontiguousarray(rows, dtype=np.int64), ids, weights)
+        return ids, weights
 
     def rerank_batch(
         self,
         requests: Iterable[tuple[str, Sequence[str | int]]],
         top_n: int | None = None,
         missing: str | None = None,
+        feedback: Feedback | str | None = "reranker",
     ) -> list[RerankResult]:
         """Re-rank many (query, candidates) pairs; one result per pair, in order."""
-        return [self.rerank(query, cands, top_n=top_n, missing=missing) for query, cands in requests]
+        return [
+            self.rerank(query, cands, top_n=top_n, missing=missing, feedback=feedback) for query, cands in requests
+        ]

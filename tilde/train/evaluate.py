@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tilde.io import read_collection, read_qrels, read_queries, read_run, write_jsonl
+from tilde.rank.feedback import Feedback
 from tilde.text import TextProcessor
 
 __all__ = ["Dataset", "evaluate", "load_dataset", "metrics", "main"]
@@ -118,6 +119,7 @@ def evaluate(
     term_weights: str | None = None,
     tokenizer: str | None = None,
     teacher: bool = False,
+    feedback: Feedback | str | None = "index",
 ) -> dict[str, dict[str, float]]:
     """Figures for BM25 and for ``model`` (a TILDEv2 checkpoint) or ``vectors`` (teacher
     document vectors restricted to each passage's own + expansion tokens, the floor)."""
@@ -130,7 +132,9 @@ def evaluate(
         with tempfile.TemporaryDirectory() as tmp:
             coll = _collection_file(ds, expanded, Path(tmp))
             build_index(model, coll, Path(tmp) / "index", progress=False)
-            rr = Reranker.load(Path(tmp) / "index")
+            rr = Reranker.load(Path(tmp) / "index", feedback=feedback)
+            if rr.feedback is not None:
+                out["model-plain"] = metrics(ds, _rerank(ds, lambda q, c: _scores(rr, q, c, None)))
             out["model"] = metrics(ds, _rerank(ds, lambda q, c: _scores(rr, q, c)))
     if vectors is not None:
         from tilde.train.teacher import SparseVectors
@@ -173,8 +177,8 @@ def evaluate(
     return out
 
 
-def _scores(rr, query: str, cands: list[str]) -> list[float]:  # type: ignore[no-untyped-def]
-    res = rr.rerank(query, cands, missing="zero")
+def _scores(rr, query: str, cands: list[str], feedback: object = "reranker") -> list[float]:  # type: ignore[no-untyped-def]
+    res = rr.rerank(query, cands, missing="zero", feedback=feedback)
     by_id = {str(cands[i]): float(s) for i, s in zip(res.order, res.scores)}
     return [by_id.get(str(c), 0.0) for c in cands]
 
@@ -196,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         "--teacher", action="store_true", help="also full SPLADE scoring (teacher query encoder) with --vectors"
     )
     p.add_argument("--name", default=None, help="model name for the last line")
+    p.add_argument("--feedback", default="index", help="pseudo-relevance feedback: index (the model's), off, D,T,W")
     args = p.parse_args(argv)
+    from tilde.rank.feedback import feedback_arg
+
     res = evaluate(
         args.data,
         model=args.model,
@@ -204,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         vectors=args.vectors,
         term_weights=args.term_weights,
         teacher=args.teacher,
+        feedback=feedback_arg(args.feedback),
     )
     for system, m in res.items():
         print(f"{Path(args.data).name:10s} {system:10s} " + " ".join(f"{k}={v:.4f}" for k, v in m.items()))
