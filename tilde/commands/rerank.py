@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="candidates not in the index: fail, leave out, or append with score 0 (default error)")
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one stored with the index)")
     p.add_argument("--tag", default="tilde")
+    p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
+                   "the index's model recommends), off, or DOCS,TERMS,WEIGHT (e.g. 5,30,0.5)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -26,9 +28,22 @@ def main(args: argparse.Namespace) -> int:
     from tilde.io import read_queries, read_run, write_run
     from tilde.metering import Recorder, default_meter, format_summary, percentile
     from tilde.rank import Reranker, UnknownDocidError
+    from tilde.rank.feedback import feedback_arg
 
     recorder = Recorder(default_meter(scope="thread"), keep=False)
-    reranker = Reranker.load(args.index, tokenizer=args.tokenizer, missing=args.missing, recorder=recorder)
+    try:
+        feedback = feedback_arg(args.feedback)
+    except ValueError as exc:
+        raise CommandError(f"--feedback: {exc}") from None
+    reranker = Reranker.load(
+        args.index, tokenizer=args.tokenizer, missing=args.missing, recorder=recorder, feedback=feedback
+    )
+    fb = reranker.feedback
+    print(
+        f"scoring: TILDEv2 + pseudo-relevance feedback ({fb.docs} passages, {fb.terms} terms, weight {fb.weight:g}; "
+        "--feedback off for plain TILDEv2)" if fb is not None else "scoring: plain TILDEv2 (no feedback)",
+        file=sys.stderr,
+    )
     queries = {q.qid: q.text for q in read_queries(args.queries)}
     run = read_run(args.run)
     absent = [qid for qid in run if qid not in queries]

@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="open the index in the master and fork (default), or open it in each worker")
     p.add_argument("--missing", choices=("error", "skip", "zero"),
                    help="default policy for candidates not in the index (default error: 422)")
+    p.add_argument("--feedback", help="query-time pseudo-relevance feedback: index (default: what the index's model "
+                   "recommends), off, or DOCS,TERMS,WEIGHT (env TILDE_FEEDBACK)")
     p.add_argument("--max-documents", type=int, help="candidates per query (default 10000)")
     p.add_argument("--max-batch-queries", type=int, help="queries per batch request (default 256)")
     p.add_argument("--max-encode", type=int, help="texts encoded on the fly per request (default 32)")
@@ -72,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
 
     service = from_env(
         ServiceConfig, index=args.index, model=args.model, tokenizer=args.tokenizer, bm25=args.bm25,
-        missing=args.missing,
+        missing=args.missing, feedback=args.feedback,
         max_documents=args.max_documents, max_batch_queries=args.max_batch_queries, max_encode=args.max_encode,
         max_body_bytes=args.max_body_bytes, meter=args.meter,
     )
