@@ -19,6 +19,7 @@ import numpy as np
 from tilde.index.reader import TildeIndex
 from tilde.index.writer import pool_postings
 from tilde.rank import prepare_query, score_rows
+from tilde.rank.kernel import score_rows_dense
 from tilde.text import TextProcessor
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ class TextEncoder:
         rows = np.arange(len(posts), dtype=np.int64)
         out = score_rows(offsets, tokens, codes, _F16_TABLE, rows, q, counts)
         if expansion is not None and expansion[0].size:
-            out += score_rows(offsets, tokens, codes, _F16_TABLE, rows, expansion[0], expansion[1])
+            out += score_rows_dense(
+                offsets, tokens, codes, _F16_TABLE, rows, expansion[0], expansion[1], self.text.vocab_size
+            )
         return out
 
     def warmup(self) -> None:

@@ -136,7 +136,8 @@ def test_rerank_cli_feedback_flag(index, tmp_path: Path) -> None:  # type: ignor
     queries.write_text("".join(f"q{i}\t{words[i]} {words[i + 1]} {words[i + 2]}\n" for i in range(0, 30, 3)))
     cands = list(pooled)[:60]
     run = tmp_path / "run.trec"
-    run.write_text("".join(f"q{i} Q0 {d} {r + 1} {100 - r} bm25\n" for i in range(0, 30, 3) for r, d in enumerate(cands)))
+    lines = [f"q{i} Q0 {d} {r + 1} {100 - r} bm25\n" for i in range(0, 30, 3) for r, d in enumerate(cands)]
+    run.write_text("".join(lines))
     outs = {}
     for flag in ("index", "off", "3,8,0.5"):
         out = tmp_path / f"out-{flag}.trec"
@@ -152,3 +153,19 @@ def test_rerank_cli_feedback_flag(index, tmp_path: Path) -> None:  # type: ignor
     assert cli(["rerank", "--index", str(path), "--queries", str(queries), "--run", str(run),
                 "--output", str(tmp_path / "x.trec"), "--feedback", "5,30"]) != 0
     assert not (tmp_path / "x.trec").exists()
+
+
+def test_dense_pass_equals_the_merge_kernel_bit_for_bit(index) -> None:  # type: ignore[no-untyped-def]
+    from tilde.rank.kernel import score_rows, score_rows_dense
+
+    path, pooled, tp = index
+    rr = Reranker.load(path, feedback=None)
+    offsets, tokens, codes, table = rr._arrays
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        ids = np.unique(rng.integers(0, tp.vocab_size, size=int(rng.integers(1, 60))))
+        weights = rng.random(ids.size) * 2
+        rows = rng.integers(-1, len(pooled), size=80)
+        merge = score_rows(offsets, tokens, codes, table, rows, ids, weights)
+        dense = score_rows_dense(offsets, tokens, codes, table, rows, ids, weights, tp.vocab_size)
+        assert merge.tolist() == dense.tolist()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["prepare_query", "score_rows"]
+__all__ = ["prepare_query", "score_rows", "score_rows_dense"]
 
 
 def prepare_query(query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,3 +79,37 @@ def score_rows(
     if touched == -1:  # never true; keeps the compiler from removing the touch loop
         out[0] += 0.0
     return out
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def score_rows_dense(
+    offsets: np.ndarray,
+    tokens: np.ndarray,
+    codes: np.ndarray,
+    table: np.ndarray,
+    rows: np.ndarray,
+    ids: np.ndarray,
+    weights: np.ndarray,
+    vocab_size: int,
+) -> np.ndarray:
+    """The same sum as :func:`score_rows` for many weighted query tokens (feedback expansions):
+    one pass over each row's postings against a dense weight table instead of a binary search per
+    token. Matches are added in ascending token order, as :func:`score_rows` does, so the two give
+    bit-identical sums."""
+    qw = np.zeros(vocab_size, dtype=np.float64)
+    for j in range(ids.shape[0]):
+        qw[ids[j]] = weights[j]
+    n = rows.shape[0]
+    out = np.zeros(n, dtype=np.float64)
+    # Branch-free: non-expansion tokens add exactly 0.0 (measured 0.32 vs 0.40 ms per 1,000
+    # cached rows with a branch). A touch-first loop as in score_rows did not help here.
+    for i in range(n):
+        r = rows[i]
+        if r < 0:
+            continue
+        s = 0.0
+        for k in range(offsets[r], offsets[r + 1]):
+            s += qw[tokens[k]] * table[codes[k]]
+        out[i] = s
+    return out
+

@@ -17,7 +17,7 @@ import numpy as np
 
 from tilde.index.reader import TildeIndex
 from tilde.rank.feedback import Feedback, feedback_terms
-from tilde.rank.kernel import prepare_query, score_rows
+from tilde.rank.kernel import prepare_query, score_rows, score_rows_dense
 from tilde.text import TextProcessor
 
 if TYPE_CHECKING:
@@ -133,8 +133,10 @@ class Reranker:
             self.rerank("warmup", [self.index.docid(0)], missing="skip")
             if self.feedback is not None:  # compile the feedback pass too ("warmup" may match nothing)
                 offsets, tokens, codes, table = self._arrays
-                feedback_terms(offsets, tokens, codes, table, np.zeros(1, np.int64), np.zeros(0, np.int64), 1, 1.0,
-                               int(self.index.manifest.vocab_size))
+                vocab = int(self.index.manifest.vocab_size)
+                none = np.zeros(0, np.int64)
+                feedback_terms(offsets, tokens, codes, table, np.zeros(1, np.int64), none, 1, 1.0, vocab)
+                score_rows_dense(offsets, tokens, codes, table, none, none, np.zeros(0), vocab)
 
     def score_ids(self, query_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
         q, counts = prepare_query(query_ids)
@@ -225,7 +227,8 @@ class Reranker:
             int(self.index.manifest.vocab_size),
         )
         if ids.size:
-            scores += score_rows(*self._arrays, np.ascontiguousarray(rows, dtype=np.int64), ids, weights)
+            rows64 = np.ascontiguousarray(rows, dtype=np.int64)
+            scores += score_rows_dense(*self._arrays, rows64, ids, weights, int(self.index.manifest.vocab_size))
         return ids, weights
 
     def rerank_batch(
