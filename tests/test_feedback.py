@@ -21,18 +21,21 @@ def naive_feedback_scores(
     pooled: dict[str, tuple[np.ndarray, np.ndarray]], query_ids: list[int], cands: list[str], fb: Feedback
 ) -> tuple[list[float], int]:
     """The definition, spelled out: first-pass scores, the best ``docs`` candidates (ties in input
-    order, score > 0), their L1-normalised weights averaged, query tokens removed, the ``terms``
-    heaviest (ties: smaller id) scaled so the heaviest weighs ``weight``, added to every score."""
+    order, score > 0), their L1-normalised weights summed with their first-pass scores as weights,
+    query tokens removed, the ``terms`` heaviest (ties: smaller id) scaled so the heaviest weighs
+    ``weight``, added to every score. Lists shorter than ``2 * docs`` are scored plain."""
     table = {d: dict(zip(t.tolist(), w.astype(np.float64).tolist())) for d, (t, w) in pooled.items()}
     base = [float(sum(table[d].get(q, 0.0) for q in query_ids)) for d in cands]
+    if len(cands) < 2 * fb.docs:  # a short list is scored plain
+        return base, 0
     order = sorted(range(len(cands)), key=lambda i: -base[i])
-    best = [cands[i] for i in order[: fb.docs] if base[i] > 0]
+    best = [(cands[i], base[i]) for i in order[: fb.docs] if base[i] > 0]
     acc: dict[int, float] = defaultdict(float)
-    for d in best:
+    for d, score in best:
         total = sum(table[d].values())
         if total > 0:
             for t, w in table[d].items():
-                acc[t] += w / total
+                acc[t] += w * (score / total)
     for q in set(query_ids):
         acc.pop(q, None)
     ranked = sorted(((v, t) for t, v in acc.items() if v > 0), key=lambda x: (-x[0], x[1]))[: fb.terms]

@@ -118,6 +118,9 @@ def run_demo(
     bm25 = BM25Index.load(root / "index" / "bm25")
     recorder = Recorder(default_meter(scope="thread"), keep=False)
     rr = Reranker.load(root / "index", recorder=recorder)
+    fb = rr.feedback
+    say(f"scoring: TILDEv2 + the pseudo-relevance feedback the model recommends ({fb} = docs,terms,weight; lists "
+        f"under {2 * fb.docs} candidates are scored plain)" if fb is not None else "scoring: plain TILDEv2")
     rr.warmup()
     recorder.reset()
     latencies = []

@@ -135,7 +135,7 @@ class Reranker:
                 offsets, tokens, codes, table = self._arrays
                 vocab = int(self.index.manifest.vocab_size)
                 none = np.zeros(0, np.int64)
-                feedback_terms(offsets, tokens, codes, table, np.zeros(1, np.int64), none, 1, 1.0, vocab)
+                feedback_terms(offsets, tokens, codes, table, np.zeros(1, np.int64), np.ones(1), none, 1, 1.0, vocab)
                 score_rows_dense(offsets, tokens, codes, table, none, none, np.zeros(0), vocab)
 
     def score_ids(self, query_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -208,7 +208,8 @@ class Reranker:
         first-pass ``scores``; their weighted matches are added to ``scores`` in place."""
         none = (np.empty(0, np.int64), np.empty(0, np.float64))
         known = np.flatnonzero(rows >= 0)
-        if known.size == 0 or q.size == 0:
+        if known.size < 2 * fb.docs or q.size == 0:
+            # Feeding back most of a short list would only re-weight each passage by its own terms.
             return none
         best = known[np.argsort(-scores[known], kind="stable")[: fb.docs]]
         best = best[scores[best] > 0]  # a passage matching no query token says nothing about it
@@ -221,6 +222,7 @@ class Reranker:
             codes,
             table,
             np.ascontiguousarray(rows[best], dtype=np.int64),
+            np.ascontiguousarray(scores[best], dtype=np.float64),
             np.unique(q.astype(np.int64)),
             fb.terms,
             float(fb.weight),
