@@ -23,16 +23,18 @@ nice -n 10 "$TILDE" train prepare \
   --queries "$DATA/scifact/queries.train.tsv" \
   --depth 30 --expansion-top-k 200 --threads "$THREADS" --output "$WORK"
 
-# 2. Distillation (tok_proj first fitted by ridge regression on 1000 passages): margin-MSE on teacher scores over 4 candidates per query + token-level MSE on
-#    the teacher's document weights (per-term query weights hurt on dl21: not used). Seeded; checkpoints every
-#    100 steps under $WORK/run/checkpoints (re-running resumes).
+# 2. Distillation (tok_proj first fitted by ridge regression on 1000 passages): margin-MSE on teacher scores over
+#    4 candidates per query + token-level MSE on the teacher's document weights (per-term query weights hurt on
+#    dl21: not used). Seeded; checkpoints every 100 steps under $WORK/run/checkpoints (re-running resumes).
+#    --recommend-feedback records the query-time pseudo-relevance feedback chosen on DL21 (5 passages, 30 terms,
+#    weight 0.5) in config.json; indexes built with the model use it unless told --feedback off.
 nice -n 10 "$TILDE" train distill \
   --base splade-tiny --output "$WORK/run" \
   --passages "$WORK/teacher/dl21/expanded.jsonl" --passages "$WORK/teacher/scifact/expanded.jsonl" \
   --groups "$WORK/groups.jsonl" --loss margin-mse \
   --token-targets "$WORK/docs.npz" --token-loss-weight 1.0 --init-tok-proj 1000 \
   --steps "${STEPS:-400}" --batch-queries 8 --group-size 4 --lr 2e-4 --warmup-ratio 0.1 --seed 42 \
-  --save-every 100 --save-dtype float16 --device cpu --threads "$THREADS"
+  --save-every 100 --save-dtype float16 --recommend-feedback 5,30,0.5 --device cpu --threads "$THREADS"
 
 # 3. Ship: float16 safetensors + config + tokenizer files (the model card is written by hand).
 mkdir -p "$OUT"
