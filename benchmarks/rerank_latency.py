@@ -136,6 +136,21 @@ def open_seconds(index: Path) -> float:
     return opened
 
 
+def timed(rr: object, queries: list[str], draws: np.ndarray) -> tuple[list[float], dict[str, list[float]]]:
+    """Per-query latency (ms) of ``rr.rerank`` and its per-stage timings; the candidate ids are
+    made into strings outside the timer."""
+    lat: list[float] = []
+    stage: dict[str, list[float]] = {}
+    for q, rows in zip(queries, draws):
+        cands = rows.astype(str).tolist()
+        t0 = time.perf_counter()
+        res = rr.rerank(q, cands)  # type: ignore[attr-defined]
+        lat.append((time.perf_counter() - t0) * 1e3)
+        for k, v in res.timing_ms.items():
+            stage.setdefault(k, []).append(v)
+    return lat, stage
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--passages", type=int, default=1_000_000)
@@ -189,39 +204,21 @@ def main() -> None:
     t0 = time.perf_counter()
     rr.index.prefault()
     print(f"prefault (map every page of the index once): {time.perf_counter() - t0:.3f} s")
-    lat, stage = [], {"tokenize": [], "lookup": [], "score": [], "sort": []}
-    for q in queries:
-        cands = rng.integers(0, m.num_passages, size=args.candidates).astype(str).tolist()
-        t0 = time.perf_counter()
-        res = rr.rerank(q, cands)
-        lat.append((time.perf_counter() - t0) * 1e3)
-        for k, v in res.timing_ms.items():
-            stage[k].append(v)
+    from tilde.rank.feedback import parse_feedback
+
+    draws = rng.integers(0, m.num_passages, size=(len(queries), args.candidates))
+    lat, stage = timed(rr, queries, draws)
     p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
     print(f"tilde: {len(lat)} queries x {args.candidates} candidates: p50 {p50:.3f} ms, p99 {p99:.3f} ms, "
           f"{1e3 * len(lat) / sum(lat):.0f} queries/s, {args.candidates * 1e3 * len(lat) / sum(lat):.0f} candidates/s")
     print("  per stage p50 ms: " + ", ".join(f"{k} {np.percentile(v, 50):.3f}" for k, v in stage.items()))
 
-    from tilde.rank.feedback import parse_feedback
-
     fb = parse_feedback(args.feedback)
     fb_line = ""
-    if fb is not None:
-        # The same queries and candidate draws as the plain loop, second pass included.
-        rng_fb = np.random.default_rng(2)
-        for _ in queries[:300]:
-            rng_fb.integers(0, m.num_passages, size=args.candidates)
-        rr.warmup()
+    if fb is not None:  # the same queries and candidates, second pass included
         rr_fb = Reranker(rr.index, rr.text, feedback=fb)
         rr_fb.warmup()
-        flat, fstage = [], {}
-        for q in queries:
-            cands = rng_fb.integers(0, m.num_passages, size=args.candidates).astype(str).tolist()
-            t0 = time.perf_counter()
-            res = rr_fb.rerank(q, cands)
-            flat.append((time.perf_counter() - t0) * 1e3)
-            for k, v in res.timing_ms.items():
-                fstage.setdefault(k, []).append(v)
+        flat, fstage = timed(rr_fb, queries, draws)
         f50, f99 = float(np.percentile(flat, 50)), float(np.percentile(flat, 99))
         print(f"tilde + feedback {fb} (docs,terms,weight): p50 {f50:.3f} ms, p99 {f99:.3f} ms, "
               f"x{f50 / p50:.2f} the plain p50")
