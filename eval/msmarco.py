@@ -53,6 +53,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (0.9 Pyserini default; 0.82 tuned)")
     p.add_argument("--b", type=float, default=0.4, help="BM25 b (0.4 Pyserini default; 0.68 tuned)")
     p.add_argument("--k", type=int, default=1000, help="first-stage depth, all re-ranked (default 1000)")
+    p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
+                   "the index's model recommends), off, or DOCS,TERMS,WEIGHT")
     p.add_argument("--threads", type=int, default=1, help="pyserini: search threads")
     p.add_argument("--output", default="runs/msmarco-dev.tilde", help="re-ranked run prefix: PREFIX.trec, PREFIX.tsv")
     p.add_argument("--report", default=None, help="write report.md + PNG plots into this directory")
@@ -122,7 +124,9 @@ def evaluate_msmarco(args: argparse.Namespace) -> list[str]:
         bm25_bytes = sum(p.stat().st_size for p in bm25_dir.rglob("*") if p.is_file())
     measures = msmarco_measures()
     before = evaluate(run, qrels, measures, by_rank=True)
-    reranker = Reranker.load(args.index, missing="zero")
+    from tilde.rank.feedback import feedback_arg
+
+    reranker = Reranker.load(args.index, missing="zero", feedback=feedback_arg(args.feedback))
     reranked, rerank_times = rerank_run(reranker, texts, run, depth=args.k)
     after = evaluate(reranked, qrels, measures, by_rank=True)
     prefix = Path(args.output)
@@ -132,7 +136,7 @@ def evaluate_msmarco(args: argparse.Namespace) -> list[str]:
     write_run(tsv_path, reranked, fmt="msmarco")
 
     all_times = rerank_times if times is None else times.merged(rerank_times)
-    system = f"{first_label} -> TILDEv2 ({model})"
+    system = f"{first_label} -> TILDEv2 ({model})" + (f" + PRF({reranker.feedback})" if reranker.feedback else "")
     lines.append(f"queries: {len(queries)} ({after.num_queries} judged, {before.num_missing} judged without "
                  f"first-stage results)")
     for name, res in ((first_label, before), (system, after)):
