@@ -216,7 +216,7 @@ def main() -> None:
     fb = parse_feedback(args.feedback)
     fb_line = ""
     if fb is not None:  # the same queries and candidates, second pass included
-        rr_fb = Reranker(rr.index, rr.text, feedback=fb)
+        rr_fb = rr.with_feedback(fb)
         rr_fb.warmup()
         flat, fstage = timed(rr_fb, queries, draws)
         f50, f99 = float(np.percentile(flat, 50)), float(np.percentile(flat, 99))

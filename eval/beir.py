@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.metrics import MEASURE_LABELS, evaluate
-from eval.pipeline import StageTimes, first_stage, rerank_run
+from eval.pipeline import StageTimes, add_feedback_argument, feedback_label, first_stage, rerank_run
 from eval.references import references_for
 from eval.report import Report, SystemRow, write_report
 
@@ -41,8 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="TILDEv2 checkpoint to re-rank with (omit: BM25 only)")
     p.add_argument("--expander", default=None, help="expand passages first (tilde.expand)")
     p.add_argument("--depth", type=int, default=100, help="BM25 depth, all re-ranked (default 100)")
-    p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
-                   "the model recommends; then plain TILDEv2 is reported too), off, or DOCS,TERMS,WEIGHT")
+    add_feedback_argument(p)
     p.add_argument("--bm25-index", default=None, help="BM25 index dir to reuse/build (default: a temporary one)")
     p.add_argument("--cache-dir", default=None, help="TILDE index cache (default ~/.cache/tilde/eval)")
     p.add_argument("--report", default=None, help="write report.md + PNG plots into this directory")
@@ -90,7 +89,7 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
         reranker = Reranker.load(cached.path, missing="zero", feedback=feedback_arg(args.feedback))
         texts = {q.qid: q.text for q in queries}
         if reranker.feedback is not None:
-            plain = Reranker(reranker.index, reranker.text, missing="zero", feedback=None)
+            plain = reranker.with_feedback(None)
             plain_run, plain_times = rerank_run(plain, texts, run, depth=args.depth)
             plain_res = evaluate(plain_run, qrels, measures)
             plain_name = f"BM25 -> {Path(args.model).name} (plain TILDEv2)"
@@ -99,7 +98,7 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
             timings[plain_name] = times.merged(plain_times)
         reranked, rr_times = rerank_run(reranker, texts, run, depth=args.depth)
         after = evaluate(reranked, qrels, measures)
-        name = f"BM25 -> {Path(args.model).name}" + (f" + PRF({reranker.feedback})" if reranker.feedback else "")
+        name = f"BM25 -> {Path(args.model).name}" + feedback_label(reranker)
         lines.append(f"{name}: " + _cells(after.aggregate)
                      + f" (index {'built' if cached.built else 'cached'}: {cached.passages} passages)")
         rows.append(SystemRow(name, "re-ranked", after.aggregate, first_stage="BM25"))

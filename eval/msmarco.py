@@ -28,7 +28,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.metrics import MEASURE_LABELS, evaluate, msmarco_measures
-from eval.pipeline import StageTimes, batch_first_stage, first_stage, new_recorder, rerank_run
+from eval.pipeline import (
+    StageTimes,
+    add_feedback_argument,
+    batch_first_stage,
+    feedback_label,
+    first_stage,
+    new_recorder,
+    rerank_run,
+)
 from eval.references import references_for
 from eval.report import Report, SystemRow, write_report
 
@@ -53,8 +61,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--k1", type=float, default=0.9, help="BM25 k1 (0.9 Pyserini default; 0.82 tuned)")
     p.add_argument("--b", type=float, default=0.4, help="BM25 b (0.4 Pyserini default; 0.68 tuned)")
     p.add_argument("--k", type=int, default=1000, help="first-stage depth, all re-ranked (default 1000)")
-    p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
-                   "the index's model recommends), off, or DOCS,TERMS,WEIGHT")
+    add_feedback_argument(p)
     p.add_argument("--threads", type=int, default=1, help="pyserini: search threads")
     p.add_argument("--output", default="runs/msmarco-dev.tilde", help="re-ranked run prefix: PREFIX.trec, PREFIX.tsv")
     p.add_argument("--report", default=None, help="write report.md + PNG plots into this directory")
@@ -136,7 +143,7 @@ def evaluate_msmarco(args: argparse.Namespace) -> list[str]:
     write_run(tsv_path, reranked, fmt="msmarco")
 
     all_times = rerank_times if times is None else times.merged(rerank_times)
-    system = f"{first_label} -> TILDEv2 ({model})" + (f" + PRF({reranker.feedback})" if reranker.feedback else "")
+    system = f"{first_label} -> TILDEv2 ({model})" + feedback_label(reranker)
     lines.append(f"queries: {len(queries)} ({after.num_queries} judged, {before.num_missing} judged without "
                  f"first-stage results)")
     for name, res in ((first_label, before), (system, after)):

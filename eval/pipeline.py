@@ -25,6 +25,17 @@ STAGES = ("first_stage", "tokenize", "lookup", "score", "sort")
 Run = dict[str, list[tuple[str, float]]]
 
 
+def add_feedback_argument(p: Any) -> None:
+    """``--feedback`` for the evaluation scripts (tilde.rank.feedback)."""
+    p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
+                   "the model recommends; then plain TILDEv2 is reported too), off, or DOCS,TERMS,WEIGHT")
+
+
+def feedback_label(reranker: Any) -> str:
+    """`` + PRF(d,t,w)`` when the re-ranker expands queries, else empty: for system names."""
+    return f" + PRF({reranker.feedback})" if reranker.feedback is not None else ""
+
+
 def new_recorder() -> Recorder:
     # Thread scope: with the CPU-time estimate, only this thread's CPU time is charged to a query.
     return Recorder(default_meter(scope="thread"), keep=False, use_global_hooks=False)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.metrics import MEASURE_LABELS, evaluate, trec_dl_measures
-from eval.pipeline import StageTimes, rerank_run
+from eval.pipeline import StageTimes, add_feedback_argument, feedback_label, rerank_run
 from eval.references import references_for
 from eval.report import Report, SystemRow, write_report
 
@@ -73,8 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--report", default=None, help="write report.md + PNG plots into this directory")
     p.add_argument("--save-runs", default=None, help="write the re-ranked runs (TREC format) into this directory")
     p.add_argument("--batch-size", type=int, default=32, help="encoding batch size for indexing")
-    p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
-                   "the model recommends; then plain TILDEv2 is reported too), off, or DOCS,TERMS,WEIGHT")
+    add_feedback_argument(p)
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -122,8 +121,8 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
     measures = trec_dl_measures()
     label = model_label(model) + (f" + {model_label(args.expander)}" if args.expander else "")
     plain_label = label
+    label += feedback_label(reranker)
     if reranker.feedback is not None:
-        label += f" + PRF({reranker.feedback})"
         lines.append(f"scoring: TILDEv2 + pseudo-relevance feedback {reranker.feedback} (docs,terms,weight); "
                      f"the plain TILDEv2 rows have it off")
     rows: list[SystemRow] = []
@@ -131,7 +130,7 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
     reranked_ndcg: dict[str, float] = {}
     first_ndcg: dict[str, float] = {}
     width = max(len(f"{name} -> {label}") for name in runs)
-    plain = Reranker(reranker.index, reranker.text, missing="zero", feedback=None) if reranker.feedback else None
+    plain = reranker.with_feedback(None) if reranker.feedback else None
     lines.append(f"{'system':<{width}} " + "  ".join(f"{MEASURE_LABELS[m]:>7}" for m in METRICS))
     for name, run in runs.items():
         first_pairs = {qid: [(e.docid, e.score) for e in entries] for qid, entries in run.items()}

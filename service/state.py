@@ -17,6 +17,7 @@ from service.metrics import ServiceMetrics
 from tilde import __version__
 from tilde.metering import DEFAULT_WATTS_PER_CORE, CpuTimeMeter, EnergyMeter, Hooks, NullMeter, RaplMeter, Recorder
 from tilde.rank import Reranker
+from tilde.rank.feedback import feedback_arg
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class ServiceState:
                 t0 = time.perf_counter()
                 c = self.config
                 reranker = Reranker.load(
-                    c.index, tokenizer=c.tokenizer, missing=c.missing, feedback=_feedback(c.feedback)
+                    c.index, tokenizer=c.tokenizer, missing=c.missing, feedback=feedback_arg(c.feedback)
                 )
                 reranker.warmup()
                 self.engine = Engine(reranker, None)
@@ -140,9 +141,3 @@ class ServiceState:
             }
         return out
 
-
-def _feedback(spec: str):  # type: ignore[no-untyped-def]
-    """The Reranker's feedback argument for the config's ``feedback`` string."""
-    from tilde.rank.feedback import feedback_arg
-
-    return feedback_arg(spec)

@@ -55,8 +55,8 @@ class Feedback:
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {unknown} (expected docs, terms, weight)")
         try:
-            return cls(int(data.get("docs", 5)), int(data.get("terms", 30)), float(data.get("weight", 0.5)))
-        except (TypeError, ValueError) as exc:
+            return cls(**data)
+        except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 
     def __str__(self) -> str:

@@ -116,6 +116,11 @@ class Reranker:
         text = TextProcessor.load(tokenizer if tokenizer is not None else index.tokenizer_path)
         return cls(index, text, missing=missing, recorder=recorder, feedback=feedback)
 
+    def with_feedback(self, feedback: Feedback | str | None) -> Reranker:
+        """A re-ranker over the same mapped index and tokenizer with another feedback setting
+        (e.g. None, to report plain TILDEv2 next to the model's recommended scoring)."""
+        return Reranker(self.index, self.text, missing=self.missing, recorder=self.recorder, feedback=feedback)
+
     def _feedback(self, feedback: Feedback | str | None) -> Feedback | None:
         if feedback is None or isinstance(feedback, Feedback):
             return feedback
