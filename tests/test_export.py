@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -388,3 +389,91 @@ def test_impact_search_without_lucene_index_is_a_clear_error(built: tuple[Path, 
     assert cli_main(["export", "search", "--index", str(idx), "--queries", str(queries),
                      "--output", str(tmp_path / "r")]) == 2
     assert "not a `tilde export anserini` directory" in capsys.readouterr().err
+
+
+# What OpenSearch's neural_sparse query runs (opensearch-project/neural-search: one
+# FeatureField.newLinearQuery(field, token, weight) per query token, ORed), on Lucene itself: the
+# Lucene of Anserini's fat jar, through Java's single-file source launcher.
+FEATURE_SCORES_JAVA = r"""
+import java.nio.file.*;
+import org.apache.lucene.analysis.standard.StandardAnalyzer;
+import org.apache.lucene.document.*;
+import org.apache.lucene.index.*;
+import org.apache.lucene.search.*;
+import org.apache.lucene.store.*;
+
+public class FeatureScores {
+  public static void main(String[] args) throws Exception {
+    Directory dir = new ByteBuffersDirectory();
+    IndexWriter writer = new IndexWriter(dir, new IndexWriterConfig(new StandardAnalyzer()));
+    for (String line : Files.readAllLines(Paths.get(args[0]))) {  // id TAB feature TAB value ...
+      String[] f = line.split("\t", -1);
+      Document doc = new Document();
+      doc.add(new StoredField("id", f[0]));
+      for (int i = 1; i + 1 < f.length; i += 2) doc.add(new FeatureField("tilde", f[i], Float.parseFloat(f[i + 1])));
+      writer.addDocument(doc);
+    }
+    writer.close();
+    IndexSearcher searcher = new IndexSearcher(DirectoryReader.open(dir));
+    for (String line : Files.readAllLines(Paths.get(args[1]))) {  // qid TAB feature TAB weight ...
+      String[] f = line.split("\t", -1);
+      BooleanQuery.Builder query = new BooleanQuery.Builder();
+      for (int i = 1; i + 1 < f.length; i += 2) {
+        query.add(FeatureField.newLinearQuery("tilde", f[i], Float.parseFloat(f[i + 1])), BooleanClause.Occur.SHOULD);
+      }
+      for (ScoreDoc hit : searcher.search(query.build(), 1000000).scoreDocs) {
+        System.out.println(f[0] + "\t" + searcher.doc(hit.doc).get("id") + "\t" + hit.score);
+      }
+    }
+  }
+}
+"""
+
+
+def _java_source_launcher() -> list[str] | None:
+    from tilde.first_stage.lucene import LuceneUnavailable, find_anserini_jar, find_java
+
+    try:
+        jar, java = find_anserini_jar(), find_java()
+    except LuceneUnavailable:
+        return None
+    modules = subprocess.run([java, "--list-modules"], capture_output=True, text=True, check=False).stdout
+    return [java, "-cp", str(jar)] if "jdk.compiler" in modules else None
+
+
+@pytest.mark.slow
+def test_lucene_feature_fields_score_the_opensearch_export_as_tilde(built: tuple[Path, Reranker],
+                                                                    tmp_path: Path) -> None:
+    java = _java_source_launcher()
+    if java is None:
+        pytest.skip("no Anserini jar, or no Java 11+ with the source launcher (jdk.compiler)")
+    idx, rr = built
+    export_opensearch(idx, tmp_path / "os", progress=False)
+    docs = _bulk_docs(tmp_path / "os", "tilde")
+    (tmp_path / "docs.tsv").write_text("".join(
+        "\t".join([docid, *(x for k, v in f.items() for x in (k, repr(v)))]) + "\n" for docid, f in docs.items()),
+        encoding="utf-8")
+    texts = {f"q{i}": t for i, t in enumerate(_queries(rr, n=15, seed=4)) if query_token_counts(t, rr.text)}
+    body = {q: neural_sparse_query(t, rr.text)["query"]["neural_sparse"]["tilde"]["query_tokens"]
+            for q, t in texts.items()}
+    (tmp_path / "queries.tsv").write_text("".join(
+        "\t".join([q, *(x for k, v in tokens.items() for x in (k, repr(v)))]) + "\n" for q, tokens in body.items()),
+        encoding="utf-8")
+    (tmp_path / "FeatureScores.java").write_text(FEATURE_SCORES_JAVA, encoding="utf-8")
+    proc = subprocess.run([*java, str(tmp_path / "FeatureScores.java"), str(tmp_path / "docs.tsv"),
+                           str(tmp_path / "queries.tsv")], capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got: dict[str, dict[str, float]] = {}
+    for line in proc.stdout.splitlines():
+        qid, docid, score = line.split("\t")
+        got.setdefault(qid, {})[docid] = float(score)
+    ids = list(docs)
+    for qid, text in texts.items():
+        counts = query_token_counts(text, rr.text)
+        tilde = {r.docid: r.score for r in rr.rerank(text, ids).results}
+        expected = {d: score_from_doc(f, counts, engine=True) for d, f in docs.items()}
+        assert set(got.get(qid, {})) == {d for d, s in expected.items() if s > 0}
+        for docid, score in got.get(qid, {}).items():
+            # Lucene = sum of count * (9-bit indexed weight), in float32
+            assert score == pytest.approx(expected[docid], rel=2e-7)
+            assert abs(score - tilde[docid]) <= tilde[docid] * 2.0**-8 + 1e-6  # the TILDEv2 score, to 9 bits
