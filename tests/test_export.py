@@ -477,3 +477,47 @@ def test_lucene_feature_fields_score_the_opensearch_export_as_tilde(built: tuple
             # Lucene = sum of count * (9-bit indexed weight), in float32
             assert score == pytest.approx(expected[docid], rel=2e-7)
             assert abs(score - tilde[docid]) <= tilde[docid] * 2.0**-8 + 1e-6  # the TILDEv2 score, to 9 bits
+
+
+# -------------------------------------------------------------------------------------------
+# the evaluation scripts' first-stage option
+
+
+def test_first_stage_spec_errors() -> None:
+    from eval.first_stage import select_first_stage
+
+    bm25 = ({"q": [("d", 1.0)]}, None)
+    assert select_first_stage("bm25", bm25, [], 10)[:2] == ("BM25", bm25[0])  # type: ignore[arg-type]
+    for bad in ("impact", "impact:", "splade:x", "BM25"):
+        with pytest.raises(ValueError, match="expected bm25 or impact:DIR"):
+            select_first_stage(bad, bm25, [], 10)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_beir_with_the_impact_first_stage(tmp_path: Path, tiny_model: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    if not _lucene_available():
+        pytest.skip("no Anserini jar / Java 11+ (pip install --no-deps pyserini==0.25.0)")
+    from eval.beir import main
+    from tilde.index.build import build_index
+
+    d = tmp_path / "beirsyn"
+    d.mkdir()
+    docs = [("d1", "Cats", "the cat sat on the road"), ("d2", "Banks", "money in the bank"),
+            ("d3", "", "fish in the river near the bank"), ("d4", "Music", "song and music")]
+    (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
+    (d / "queries.test.tsv").write_text("q1\tcat road\nq2\tbank money\nq3\tmusic\n")
+    (d / "qrels.test.trec").write_text("q1 0 d1 1\nq2 0 d2 1\nq3 0 d4 1\n")
+    build_index(str(tiny_model), d / "corpus.jsonl", tmp_path / "idx", progress=False)
+    export_anserini(tmp_path / "idx", tmp_path / "impact", build=True, progress=False)
+    assert main(["--data", str(d), "--depth", "3", "--first-stage", f"impact:{tmp_path / 'impact'}",
+                 "--model", str(tiny_model), "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("impact first stage (impact:") for line in out)
+    assert any(line.startswith(f"impact -> {tiny_model.name}") for line in out)
+    fields = out[-1].split()
+    assert fields[:2] == ["bm25_ndcg@10=1.0000", "bm25_r@100=1.0000"]
+    assert fields[2].startswith("impact_ndcg@10=") and fields[3].startswith("impact_r@100=")
+    assert fields[4].startswith("ndcg@10=") and fields[5] == f"model={tiny_model.name}"
+    assert main(["--data", str(d), "--first-stage", "impact:" + str(tmp_path / "none")]) == 2
+    assert "none" in capsys.readouterr().err
