@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append((name, rname, evaluate(reranked, qrels, measures).aggregate, rtimes.p("total", 50)))
     print(f"{data.name} ({args.split}): {len(queries)} queries, first stage depth {args.depth}, "
           f"index {work / 'index'}, impact export {work / 'impact'} (factor {args.quantization_factor:g})")
-    print("| first stage | re-ranked by | nDCG@10 | R@100 | p50 ms/query (stage) |")
+    print("| first stage | re-ranked by | nDCG@10 | R@100 | p50 ms/query, that stage (impact: JVM batch / queries) |")
     print("|---|---|---|---|---|")
     for name, rname, agg, p50 in rows:
         print(f"| {name} | {rname} | {_cells(agg)} | {p50:.2f} |")

@@ -188,10 +188,17 @@ def test_export_refuses_existing_output_and_bad_options(built: tuple[Path, Reran
     assert "--index is required" in capsys.readouterr().err
 
 
-def test_index_without_tokenizer_is_refused(tmp_path: Path) -> None:
+def test_index_without_tokenizer_or_with_blank_ids_is_refused(tmp_path: Path, vocab_dir: Path) -> None:
     write_index(tmp_path / "idx", ["1"], [(np.array([5], np.uint32), np.array([1.0], np.float16))])
     with pytest.raises(ValueError, match="no tokenizer.json"):
         export_anserini(tmp_path / "idx", tmp_path / "out", progress=False)
+    tp = TextProcessor.load(vocab_dir)
+    write_index(tmp_path / "blank", ["a b"], [(np.array([40], np.uint32), np.array([1.0], np.float16))],
+                vocab_size=tp.vocab_size, vocab_sha256=tp.vocab_hash, tokenizer=tp.tokenizer)
+    with pytest.raises(ExportError, match="whitespace"):
+        export_anserini(tmp_path / "blank", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    export_opensearch(tmp_path / "blank", tmp_path / "os", progress=False)  # any _id is fine there
 
 
 def test_impact_sum_is_the_tilde_score_up_to_quantisation(built: tuple[Path, Reranker], tmp_path: Path) -> None:
@@ -373,6 +380,25 @@ def _write_queries(tmp_path: Path, queries: list[tuple[str, str]]) -> Path:
     path = tmp_path / "queries.tsv"
     path.write_text("".join(f"{q}\t{t}\n" for q, t in queries), encoding="utf-8")
     return path
+
+
+@pytest.mark.slow
+def test_build_the_lucene_index_of_an_existing_export(built: tuple[Path, Reranker], tmp_path: Path) -> None:
+    if not _lucene_available():
+        pytest.skip("no Anserini jar / Java 11+ (pip install --no-deps pyserini==0.25.0)")
+    from tilde.first_stage.impact import LuceneImpact
+
+    idx, _ = built
+    out = tmp_path / "out"
+    export_anserini(idx, out, progress=False)
+    before = json.loads((out / "manifest.json").read_text())
+    assert before["lucene"] is False
+    assert cli_main(["export", "anserini", "--output", str(out), "--build"]) == 0
+    after = json.loads((out / "manifest.json").read_text())
+    assert after == {**before, "lucene": True}
+    assert sorted(p.name for p in out.iterdir()) == ["collection", "lucene", "manifest.json", "tokenizer.json"]
+    hits = LuceneImpact.load(out).search_run([("q", "river bank")], k=3)["q"]
+    assert hits and hits[0].score >= hits[-1].score > 0
 
 
 def test_impact_search_without_lucene_index_is_a_clear_error(built: tuple[Path, Reranker], tmp_path: Path,

@@ -50,6 +50,8 @@ def _write_rows(f: IO[Any], source: ExportSource, start: int, stop: int, factor:
         summary.dropped += int((~keep).sum())
         lines = []
         for i, docid in enumerate(block.docids):
+            if docid.split() != [docid]:  # Anserini's TREC runs are whitespace-separated columns
+                raise ExportError(f"docid {docid!r} contains whitespace; Anserini's run files could not carry it")
             lo, hi = int(block.offsets[i]), int(block.offsets[i + 1])
             k = keep[lo:hi]
             ids = block.tokens[lo:hi][k].tolist()
