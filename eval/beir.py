@@ -1,12 +1,14 @@
 """BEIR-style evaluation (e.g. SciFact): embedded BM25 first stage, optional TILDEv2 re-ranking.
 
     python -m eval.beir --data ../shared/data/scifact [--split test] [--model M] [--expander E]
-                        [--depth 100] [--cache-dir DIR] [--report DIR]
+                        [--depth 100] [--first-stage bm25|impact:DIR] [--cache-dir DIR] [--report DIR]
 
 DATA holds ``corpus.jsonl(.gz)`` (``{"_id", "title", "text"}``, indexed as title + text, as
 Anserini's "flat" BEIR indexes), ``queries.<split>.tsv`` and ``qrels.<split>.trec``. BM25 (the
 embedded engine, Pyserini defaults k1=0.9 b=0.4) retrieves the top ``--depth``; with ``--model``
 those are re-ranked with TILDEv2 (passages indexed once and cached, as in :mod:`eval.trec_dl`).
+With ``--first-stage impact:DIR`` the exported TILDEv2 impact index (:mod:`eval.first_stage`)
+retrieves instead, reported beside BM25, and its run is the one re-ranked.
 Metrics as BEIR reports them: nDCG@10 (graded) and R@100, every judged query counted, next to
 the published BM25 figures. Last line:
 ``bm25_ndcg@10=<x> bm25_r@100=<y> [ndcg@10=<z> model=<name>]``.
@@ -21,6 +23,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from eval.first_stage import add_first_stage_argument, select_first_stage
 from eval.metrics import MEASURE_LABELS, evaluate
 from eval.pipeline import StageTimes, add_feedback_argument, feedback_label, first_stage, rerank_run
 from eval.references import references_for
@@ -42,6 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--expander", default=None, help="expand passages first (tilde.expand)")
     p.add_argument("--depth", type=int, default=100, help="BM25 depth, all re-ranked (default 100)")
     add_feedback_argument(p)
+    add_first_stage_argument(p)
     p.add_argument("--bm25-index", default=None, help="BM25 index dir to reuse/build (default: a temporary one)")
     p.add_argument("--cache-dir", default=None, help="TILDE index cache (default ~/.cache/tilde/eval)")
     p.add_argument("--report", default=None, help="write report.md + PNG plots into this directory")
@@ -81,6 +85,14 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
     rows = [SystemRow("BM25", "first stage", bm25.aggregate)]
     timings: dict[str, StageTimes] = {"BM25": times}
     last = f"bm25_ndcg@10={bm25.aggregate['ndcg@10']:.4f} bm25_r@100={bm25.aggregate['r@100']:.4f}"
+    stage, run, times = select_first_stage(args.first_stage, (run, times), [(q.qid, q.text) for q in queries],
+                                           args.depth)
+    if stage != "BM25":  # another first stage: reported beside BM25, and re-ranked instead of it
+        res = evaluate(run, qrels, measures)
+        lines.append(f"{stage} first stage ({args.first_stage}): " + _cells(res.aggregate))
+        rows.append(SystemRow(stage, "first stage", res.aggregate))
+        timings[stage] = times
+        last += f" {stage}_ndcg@10={res.aggregate['ndcg@10']:.4f} {stage}_r@100={res.aggregate['r@100']:.4f}"
     if args.model:
         needed = {d for hits in run.values() for d, _ in hits}
         cached = prepare_index(args.model, corpus, needed, expander=args.expander, cache_dir=args.cache_dir)
@@ -92,16 +104,16 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
             plain = reranker.with_feedback(None)
             plain_run, plain_times = rerank_run(plain, texts, run, depth=args.depth)
             plain_res = evaluate(plain_run, qrels, measures)
-            plain_name = f"BM25 -> {Path(args.model).name} (plain TILDEv2)"
+            plain_name = f"{stage} -> {Path(args.model).name} (plain TILDEv2)"
             lines.append(f"{plain_name}: " + _cells(plain_res.aggregate))
-            rows.append(SystemRow(plain_name, "re-ranked", plain_res.aggregate, first_stage="BM25"))
+            rows.append(SystemRow(plain_name, "re-ranked", plain_res.aggregate, first_stage=stage))
             timings[plain_name] = times.merged(plain_times)
         reranked, rr_times = rerank_run(reranker, texts, run, depth=args.depth)
         after = evaluate(reranked, qrels, measures)
-        name = f"BM25 -> {Path(args.model).name}" + feedback_label(reranker)
+        name = f"{stage} -> {Path(args.model).name}" + feedback_label(reranker)
         lines.append(f"{name}: " + _cells(after.aggregate)
                      + f" (index {'built' if cached.built else 'cached'}: {cached.passages} passages)")
-        rows.append(SystemRow(name, "re-ranked", after.aggregate, first_stage="BM25"))
+        rows.append(SystemRow(name, "re-ranked", after.aggregate, first_stage=stage))
         timings[name] = times.merged(rr_times)
         last += f" ndcg@10={after.aggregate['ndcg@10']:.4f} model={Path(args.model).name}"
     for name, t in timings.items():
