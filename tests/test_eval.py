@@ -354,7 +354,7 @@ def test_beir_script(tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFix
     (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
     (d / "queries.test.tsv").write_text("q1\tcat road\nq2\tbank money\nq3\tmusic\n")
     (d / "qrels.test.trec").write_text("q1 0 d1 1\nq2 0 d2 1\nq3 0 d4 1\n")
-    assert main(["--data", str(d), "--depth", "3"]) == 0
+    assert main(["--data", str(d), "--depth", "3", "--model", "none"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == "bm25_ndcg@10=1.0000 bm25_r@100=1.0000"
     assert main(["--data", str(d), "--depth", "3", "--model", str(tiny_model), "--cache-dir", str(tmp_path / "c"),
@@ -372,7 +372,7 @@ def test_beir_script_on_scifact(capsys: pytest.CaptureFixture[str]) -> None:
 
     if not (SHARED_DATA / "scifact" / "corpus.jsonl.gz").is_file():
         pytest.skip("SciFact not found")
-    assert main(["--data", str(SHARED_DATA / "scifact")]) == 0
+    assert main(["--data", str(SHARED_DATA / "scifact"), "--model", "none"]) == 0
     out = capsys.readouterr().out
     assert "published BM25 flat (Anserini): nDCG@10 0.6789" in out
     assert out.strip().splitlines()[-1] == "bm25_ndcg@10=0.6789 bm25_r@100=0.9253"

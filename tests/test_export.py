@@ -531,5 +531,5 @@ def test_beir_with_the_impact_first_stage(tmp_path: Path, tiny_model: Path,
     assert fields[:2] == ["bm25_ndcg@10=1.0000", "bm25_r@100=1.0000"]
     assert fields[2].startswith("impact_ndcg@10=") and fields[3].startswith("impact_r@100=")
     assert fields[4].startswith("ndcg@10=") and fields[5] == f"model={tiny_model.name}"
-    assert main(["--data", str(d), "--first-stage", "impact:" + str(tmp_path / "none")]) == 2
+    assert main(["--data", str(d), "--model", "none", "--first-stage", "impact:" + str(tmp_path / "none")]) == 2
     assert "none" in capsys.readouterr().err
