@@ -112,7 +112,9 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
             if args.expander:
                 raise ValueError("an impact index expands passages with its own masked LM: drop --expander")
             dense = None if args.dense == "none" else args.dense
-            cached = prepare_impact_index(args.model, corpus, needed, dense=dense, cache_dir=args.cache_dir)
+            # The whole corpus: one cached index serves every split (and eval.tune_fusion).
+            cached = prepare_impact_index(args.model, corpus, corpus_ids(corpus), dense=dense,
+                                          cache_dir=args.cache_dir)
         else:
             cached = prepare_index(args.model, corpus, needed, expander=args.expander, cache_dir=args.cache_dir)
         from tilde.rank.feedback import feedback_arg
@@ -159,6 +161,12 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
         lines.append(f"report: {md}")
     lines.append(last)
     return lines
+
+
+def corpus_ids(corpus: Path) -> set[str]:
+    from tilde.io import read_collection
+
+    return {p.pid for p in read_collection(corpus)}
 
 
 def _model_name(model: str) -> str:

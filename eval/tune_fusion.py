@@ -50,7 +50,7 @@ def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm
         run = {q: [(e.docid, e.score) for e in v[:100]] for q, v in read_run(data / "run.bm25.top100.trec").items()}
         passages = data / "passages.tsv"
     else:
-        from eval.beir import _corpus
+        from eval.beir import _corpus, corpus_ids
         from eval.pipeline import first_stage
         from tilde.bm25 import BM25Index, build_bm25_index
 
@@ -60,7 +60,7 @@ def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm
         qrels = read_qrels(data / f"qrels.{split}.trec")
         build_bm25_index(passages, bm25_tmp)
         run, _ = first_stage(BM25Index.load(bm25_tmp), [(q.qid, q.text) for q in qs], 100)
-    needed = {d for v in run.values() for d, _ in v}
+    needed = {d for v in run.values() for d, _ in v} if (data / "passages.tsv").is_file() else corpus_ids(passages)
     cached = prepare_impact_index(None, passages, needed, cache_dir=cache)
     rr = Reranker.load(cached.path, missing="zero", scoring="tokens")
     cands: dict[str, list[str]] = {}
