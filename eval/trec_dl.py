@@ -76,6 +76,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "impact index, or omit for the default recipe (splade-tiny impact + all-MiniLM-L6-v2)")
     p.add_argument("--dense", default="default",
                    help="impact indexes: the bi-encoder of the dense part (default: the recipe's), or none")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="impact indexes: expansion ids per passage (default: the recipe's)")
     p.add_argument("--expander", default=None, help="expand passages with this expander first (tilde.expand)")
     p.add_argument("--run", default=BM25_RUN, help=f"first-stage run, in DATA or a path (default {BM25_RUN})")
     p.add_argument("--all-runs", action="store_true", help="re-rank every run.*.trec in DATA")
@@ -128,7 +130,7 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
         if args.expander:
             raise ValueError("an impact index expands passages with its own masked LM: drop --expander")
         cached = prepare_impact_index(args.model, data / "passages.tsv", needed, dense=_dense(args.dense),
-                                      cache_dir=args.cache_dir, batch_size=args.batch_size)
+                                      cache_dir=args.cache_dir, batch_size=args.batch_size, top_k=args.top_k)
     else:
         cached = prepare_index(model, data / "passages.tsv", needed, expander=args.expander,
                                cache_dir=args.cache_dir, batch_size=args.batch_size, progress=False)
