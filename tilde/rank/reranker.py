@@ -116,6 +116,9 @@ class Reranker:
         self.feedback = self._feedback(feedback)
         self.scoring = self._scoring(scoring)
         self._encoders: dict[str, Any] = {}
+        # Run the two query encoders of a fused mode side by side (a thread; see _encode_query).
+        self.parallel_encoders = (os.cpu_count() or 1) > 1
+        self._pool: Any = None
         # Bind the arrays once: attribute lookups through the dataclass cost more than the kernel
         # on small candidate lists.
         self._arrays = (index.offsets, index.tokens, index.weight_codes, index.weight_table)
@@ -166,6 +169,22 @@ class Reranker:
         if scoring is None or scoring == INDEX_DEFAULT:
             return self.recommended
         return parse_scoring(scoring, self.recommended)
+
+    def _encode_query(self, query: str, needed: tuple[str, ...]) -> dict[str, Any]:
+        """The query vectors the mode needs. Both encoders at once run side by side: ONNX Runtime
+        releases the GIL, so on two cores the pair costs about the slower one alone."""
+        kinds = [k for k in ("mlm", "dense") if k in needed]
+        encoders = {k: self.encoder(k) for k in kinds}
+        if len(kinds) == 2 and self.parallel_encoders:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilde-query-encoder")
+            dense = self._pool.submit(encoders["dense"].encode, query)
+            out = {"mlm": encoders["mlm"].encode(query)}
+            out["dense"] = dense.result()
+            return out
+        return {k: encoders[k].encode(query) for k in kinds}
 
     def encoder(self, kind: str) -> Any:
         """The index's ``kind`` ("mlm" or "dense") ONNX query encoder, loaded once; a clear error
@@ -308,9 +327,7 @@ class Reranker:
         qvec: dict[str, Any] = {}
         if "mlm" in needed or "dense" in needed:
             with rec.measure("encode") if rec is not None else nullcontext():
-                for kind in ("mlm", "dense"):
-                    if kind in needed:
-                        qvec[kind] = self.encoder(kind).encode(query)
+                qvec = self._encode_query(query, needed)
         t2 = time.perf_counter()
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         vocab = int(self.index.manifest.vocab_size)
