@@ -133,12 +133,18 @@ def main(args: argparse.Namespace) -> int:
         gc.freeze()
         return app
 
+    from tilde.rank.scoring import Scoring, parse_scoring
+
+    recommended = Scoring.from_dict(manifest.scoring) if manifest.scoring else Scoring("tokens")
+    scoring_label = (f"{recommended} (as the index recommends)" if service.mode == "index"
+                     else str(parse_scoring(service.mode, recommended)))
+
     def when_ready(arbiter: Any) -> None:
         mode = "index preloaded in the master" if server.preload else "index opened per worker"
         kind = f"{server.worker_class} x {server.threads} threads" if server.worker_class == "gthread" else "sync"
         print(f"tilde serve: http://{server.bind} ready ({server.workers} {kind} worker(s), {mode}; "
-              f"index {service.index}{', model ' + service.model if service.model else ''})", file=sys.stderr,
-              flush=True)
+              f"index {service.index}{', model ' + service.model if service.model else ''}; scoring "
+              f"{scoring_label})", file=sys.stderr, flush=True)
 
     hooks: dict[str, Callable[..., Any]] = {
         "post_worker_init": gunicorn_conf.post_worker_init,
