@@ -15,7 +15,6 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
-pytest.importorskip("onnxscript")
 
 from tilde.encoders import DenseQueryEncoder, EncoderConfig, MlmQueryEncoder  # noqa: E402
 
