@@ -246,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             cands.setdefault(qid, []).append(pid)
         needed = {pid for v in cands.values() for pid in v}
         text_of = {}
-        with open(passages_path, encoding="utf-8") as f:
-            for line in f:
+        with open(passages_path, encoding="utf-8") as fh:
+            for line in fh:
                 pid, _, body = line.rstrip("\n").partition("\t")
                 if pid in needed:
                     text_of[pid] = body

@@ -111,7 +111,7 @@ def resolve_model_dir(model: str | os.PathLike[str]) -> Path:
                                 f"Hugging Face hub did not provide it ({exc.__class__.__name__}: {exc})") from exc
 
 
-def _export(module: torch.nn.Module, path: Path, opset: int, output: str) -> None:
+def _export(module: torch.nn.Module, path: Path, opset: int, output: str, fold: bool = True) -> None:
     # The TorchScript exporter: ~10x faster than dynamo=True on these models (0.5 s vs 6 s for a
     # tiny BERT, which keeps the tests fast) and its graph is the one ONNX Runtime's BERT fusions
     # know; the run time measured the same.
@@ -124,6 +124,7 @@ def _export(module: torch.nn.Module, path: Path, opset: int, output: str) -> Non
             module, (x, torch.ones_like(x)), str(path), input_names=["input_ids", "attention_mask"],
             output_names=[output], dynamic_axes={"input_ids": axes, "attention_mask": axes, output: {0: "batch"}},
             opset_version=opset, dynamo=False,
+            do_constant_folding=fold,
         )
 
 
@@ -225,7 +226,10 @@ def export_mlm_query_encoder(
     cls_id, sep_id, pad_id = _special_ids(tok, src)
 
     def build(tmp: Path) -> EncoderConfig:
-        _export(_MlmQuery(model), tmp / "model.onnx", opset, "query_weights")
+        # Unfolded, the tied decoder stays Transpose(word embeddings) instead of a second 15 MB
+        # copy in the file (ONNX Runtime folds it at session creation); the quantiser needs the
+        # folded form (it only quantises MatMuls whose weight is an initializer).
+        _export(_MlmQuery(model), tmp / "model.onnx", opset, "query_weights", fold=quantize)
         if quantize:
             _quantize(tmp / "model.onnx")
         tok.save(str(tmp / "tokenizer.json"))
