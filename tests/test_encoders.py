@@ -215,6 +215,11 @@ def test_dense_passage_encoder_equals_onnx(tiny_st: Path, dense_dir: Path) -> No
     assert got.dtype == np.float32 and got.shape == (len(texts), 24)
     np.testing.assert_allclose(got, DenseQueryEncoder.load(dense_dir).encode_batch(texts), atol=1e-5)
     np.testing.assert_allclose(got, torch_enc.encode(texts, batch_size=64), atol=1e-5)
+    ort_enc = DenseQueryEncoder.load(dense_dir)
+    with_empty = [*texts, ""]
+    np.testing.assert_allclose(ort_enc.encode_passages(with_empty, batch_size=3),
+                               torch_enc.encode(with_empty, batch_size=2), atol=1e-5)
+    assert ort_enc.encode_passages([]).shape == (0, 24)
     assert torch_enc.encode([]).shape == (0, 24)
     with pytest.raises(TypeError):
         torch_enc.encode("one string")

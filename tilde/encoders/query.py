@@ -105,7 +105,9 @@ class QueryEncoder:
     def _run_batch(self, texts: Sequence[str]) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a sequence of queries, not one string")
-        rows = [self.input_ids(t) for t in texts]
+        return self._run_ids([self.input_ids(t) for t in texts])
+
+    def _run_ids(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         if not rows:
             return np.zeros((0, self.dim), dtype=np.float32)
         width = max(len(r) for r in rows)
@@ -161,3 +163,25 @@ class DenseQueryEncoder(QueryEncoder):
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
         """float32 (len(texts), dim)."""
         return np.ascontiguousarray(self._run_batch(texts), dtype=np.float32)
+
+    def encode_passages(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """float32 (len(texts), dim) for passages through the same graph as queries (for a build
+        or for texts a service encodes on the fly): batches of passages sorted by length, rows
+        in input order; an empty text is ``[CLS] [SEP]``, as in
+        :class:`tilde.encoders.dense_torch.DensePassageEncoder`, whose vectors these equal to
+        float tolerance."""
+        if isinstance(texts, str):
+            raise TypeError("encode_passages takes a sequence of passage texts, not one string")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"passage text must be a string, not {type(t).__name__}")
+        encoded = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        rows = [[self._cls, *e.ids[: self._keep], self._sep] for e in encoded]
+        out = np.zeros((len(rows), self.dim), dtype=np.float32)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self._run_ids([rows[i] for i in idx])
+        return out
