@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     if "numpy_mlm" in times:
         keys["numpy_mlm_p50_ms"] = pct(times["numpy_mlm"], 50)
     keys["dense_int8_p50_ms"] = pct(times["dense_int8"], 50)
-    line = " ".join(f"{k}={v:.2f}" for k, v in keys.items()) + f" passages_per_s={pps:.0f} ort_passages_per_s={ort_pps:.0f}"
+    line = " ".join(f"{k}={v:.2f}" for k, v in keys.items())
+    line += f" passages_per_s={pps:.0f} ort_passages_per_s={ort_pps:.0f}"
     print(line)
     tmp.cleanup()
     return 0
