@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
+import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -107,6 +108,8 @@ def _meta(clock: StageClock, method: str, ranked: Ranked | None = None) -> dict[
         meta["encoded"] = ranked.encoded
         meta["query_tokens"] = ranked.query_tokens
         meta["feedback_terms"] = ranked.feedback_terms
+        meta["mode"] = ranked.mode
+        meta["signals"] = list(ranked.signals)
     return meta
 
 
@@ -151,7 +154,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         fmt_in, fmt = _formats()
         req = schemas.parse_rerank(wire.decode(request.get_data(cache=False), fmt_in), limits)
         clock.lap("parse")
-        ranked = eng.rank(req, req.missing or config.missing, clock, EncodeBudget(config.max_encode))
+        ranked = eng.rank(req, req.missing or config.missing, clock, EncodeBudget(config.max_encode), mode=req.mode)
         results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
         clock.lap("serialize", len(ranked.order))
         clock.finish(len(req))
@@ -171,7 +174,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         parts = []
         n = encoded = 0
         for qi, req in enumerate(batch.queries):
-            ranked = eng.rank(req, policy, clock, budget, where=f"queries[{qi}]: ")
+            ranked = eng.rank(req, policy, clock, budget, where=f"queries[{qi}]: ", mode=batch.mode)
             results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
             clock.lap("serialize", len(ranked.order))
             item = {"index": qi, "id": req.id, "missing": ranked.missing, "encoded": ranked.encoded,
@@ -201,7 +204,8 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         req = RerankRequest(query=sreq.query, ids=[h.docid for h in hits], documents=None, top_n=sreq.top_n)
         # Candidates come from the same collection; one missing from the TILDEv2 index keeps its
         # place at the end with score 0 (reported), never silently dropped.
-        ranked = eng.rank(req, "zero", clock, EncodeBudget(0))
+        ranked = eng.rank(req, "zero", clock, EncodeBudget(0), mode=sreq.mode,
+                          first_stage=np.array([h.score for h in hits], dtype=np.float64))
         rows = [{"index": i, "id": hits[i].docid, "relevance_score": s, "first_stage_score": hits[i].score}
                 for i, s in zip(ranked.order.tolist(), ranked.scores.tolist())]
         results = wire.encode(rows, fmt)

@@ -40,6 +40,8 @@ class ServiceConfig:
     bm25: str | None = None  # BM25 index for /v1/search (default: <index>/bm25 when it exists)
     missing: str = "error"  # unknown ids: "error" (422, strict), "skip", or "zero"; a request may override
     feedback: str = "index"  # pseudo-relevance feedback: "index" (what the model recommends), "off", or D,T,W
+    mode: str = "index"  # scoring mode (tilde.rank.scoring): "index" (what the index recommends), tokens, mlm, ...
+    dense_model: str | None = None  # impact indexes with vectors: the bi-encoder for texts (default: found)
     max_body_bytes: int = 16 * 1024 * 1024  # 413 beyond this
     max_documents: int = 10_000  # candidates per query
     max_batch_queries: int = 256  # queries per /v1/rerank/batch request
@@ -60,6 +62,14 @@ class ServiceConfig:
 
             try:
                 feedback_arg(self.feedback)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if self.mode != "index":
+            from tilde.rank.scoring import parse_scoring
+
+            try:
+                if not self.mode.startswith("fused") or ":" in self.mode:
+                    parse_scoring(self.mode)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if self.meter not in METERS:
