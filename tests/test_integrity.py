@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +139,20 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "wrong vocabulary hash": (lambda d: _edit_manifest(d, lambda m: m.__setitem__("vocab_sha256", "0" * 64)),
                               "load"),
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _outcome_table() -> Iterator[None]:
+    """With TILDE_DAMAGE_TABLE=path, write the damage x tool table the tests fill in (after them)."""
+    yield
+    target = os.environ.get("TILDE_DAMAGE_TABLE")
+    if target and _OUTCOMES:
+        tools = ["verify", "open", "rerank plain", "rerank+feedback", "tilde rerank", "tilde serve"]
+        lines = ["| damage | " + " | ".join(tools) + " |", "|---" * (len(tools) + 1) + "|"]
+        for damage in DAMAGES:
+            row = _OUTCOMES.get(damage, {})
+            lines.append(f"| {damage} | " + " | ".join(row.get(t, "") for t in tools) + " |")
+        Path(target).write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -280,19 +294,6 @@ def test_serve_refuses_a_damaged_index(pristine: dict, tmp_path: Path) -> None:
         line = _one_line_error(proc.stderr)
         assert name in line and str(idx) in line, line
         _OUTCOMES.setdefault(damage, {})["tilde serve"] = "exit 2: " + _short(line.split(": error: ", 1)[1], idx)
-
-
-def test_write_outcome_table() -> None:
-    """Not a check: writes the table the other tests filled in, when asked to."""
-    target = os.environ.get("TILDE_DAMAGE_TABLE")
-    if not target or not _OUTCOMES:
-        pytest.skip("set TILDE_DAMAGE_TABLE=path to write the damage x tool table")
-    tools = ["verify", "open", "rerank plain", "rerank+feedback", "tilde rerank", "tilde serve"]
-    lines = ["| damage | " + " | ".join(tools) + " |", "|---" * (len(tools) + 1) + "|"]
-    for damage in DAMAGES:
-        row = _OUTCOMES.get(damage, {})
-        lines.append(f"| {damage} | " + " | ".join(row.get(t, "") for t in tools) + " |")
-    Path(target).write_text("\n".join(lines) + "\n")
 
 
 def test_kernels_refuse_bad_arrays_without_reading_out_of_bounds() -> None:

@@ -57,7 +57,7 @@ def remove_stale_temp_files(folder: Path, targets: Iterable[str] | None = None) 
     wanted = None if targets is None else set(targets)
     removed = 0
     for entry in folder.iterdir():
-        if not _TEMP.match(entry.name) or (wanted is not None and entry.name[17:] not in wanted):
+        if not _TEMP.match(entry.name) or (wanted is not None and entry.name[18:] not in wanted):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

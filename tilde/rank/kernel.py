@@ -153,7 +153,9 @@ def score_rows_dense(
             raise ValueError("row offsets outside the postings")
         s = 0.0
         for k in range(lo, hi):
-            s += qw[min(np.int64(tokens[k]), vocab_size)] * table[min(np.int64(codes[k]), top_code)]
+            t = np.int64(tokens[k])
+            c = np.int64(codes[k])
+            s += qw[t if t < vocab_size else vocab_size] * table[c if c < top_code else top_code]
         if not s >= 0.0:
             raise ValueError("token id beyond the vocabulary, or negative or non-finite weight")
         out[i] = s
