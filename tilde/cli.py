@@ -79,10 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.main(args) or 0)
     except ModuleNotFoundError as exc:
-        message = missing_extra_message(exc)
-        if message is None or args.verbose:
+        hint = missing_extra_message(exc)
+        if hint is None or args.verbose:
             raise
-        print(f"tilde {args.command}: error: {message}", file=sys.stderr)
+        print(f"tilde {args.command}: error: {hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tilde: interrupted", file=sys.stderr)
