@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WORDS, write_vocab
 
+from tests.conftest import WORDS, write_vocab
 from tilde.index import IndexFormatError, TildeIndex
 from tilde.index.format import Manifest
 from tilde.index.writer import finalize
