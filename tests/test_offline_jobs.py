@@ -105,9 +105,8 @@ def test_stale_temp_files_of_other_targets_are_kept(tmp_path: Path) -> None:
 
 def test_disk_full_in_finalize_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from helpers import write_index
-
     import tilde.index.writer as writer
+    from tests.helpers import write_index
 
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -120,8 +119,7 @@ def test_disk_full_in_finalize_is_one_line(tmp_path: Path, monkeypatch: pytest.M
 
 
 def _rerank_files(tmp_path: Path) -> tuple[Path, Path]:
-    from helpers import write_index
-
+    from tests.helpers import write_index
     from tilde.text import TextProcessor
 
     vocab = tmp_path / "vocab.txt"
