@@ -21,10 +21,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.metrics import MEASURE_LABELS, evaluate
-from eval.pipeline import StageTimes, add_feedback_argument, feedback_label, first_stage, rerank_run
-from eval.references import references_for
-from eval.report import Report, SystemRow, write_report
+from .metrics import MEASURE_LABELS, evaluate
+from .pipeline import StageTimes, add_feedback_argument, feedback_label, first_stage, rerank_run
+from .references import references_for
+from .report import Report, SystemRow, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +57,11 @@ def _corpus(data: Path) -> Path:
 
 
 def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
-    from eval.index_cache import prepare_index
     from tilde.bm25 import BM25Index, build_bm25_index
     from tilde.io import read_qrels, read_queries
     from tilde.rank import Reranker
+
+    from .index_cache import prepare_index
 
     data = Path(args.data)
     corpus = _corpus(data)
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from eval.index_cache import ExpansionUnavailable
+    from .index_cache import ExpansionUnavailable
 
     try:
         if args.bm25_index:

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from service.encoder import TextEncoder
-from service.errors import ApiError
-from service.schemas import DocId, Ranked, RerankRequest
 from tilde.metering import Recorder
 from tilde.rank import Reranker, UnknownDocidError
+
+from .encoder import TextEncoder
+from .errors import ApiError
+from .schemas import DocId, Ranked, RerankRequest
 
 __all__ = ["EncodeBudget", "Engine", "StageClock"]
 
