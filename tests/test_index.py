@@ -145,7 +145,7 @@ def test_verify_finds_unsorted_tokens(tmp_path: Path) -> None:
     toks[lo], toks[lo + 1] = toks[lo + 1], toks[lo]
     np.save(tmp_path / "idx" / "tokens.npy", toks)
     idx = TildeIndex.open(tmp_path / "idx")  # O(1) checks pass ...
-    with pytest.raises(IndexFormatError, match="tokens.npy: contents differ from the blake2b digest"):
+    with pytest.raises(IndexFormatError, match="tokens.npy: contents differ from the sha256 digest"):
         idx.verify()  # ... the digest does not
     with pytest.raises(IndexFormatError, match="strictly increasing"):
         idx.verify(checksums=False)  # ... nor the invariants

@@ -367,6 +367,21 @@ def test_manifest_lists_every_file_written(tmp_path: Path, pristine: dict) -> No
     (idx / "dense.npy").write_bytes(b"x" * 99)
     with pytest.raises(IndexFormatError, match="dense.npy: 99 bytes"):
         TildeIndex.open(idx)
-    _edit_manifest(idx, lambda d: d["files"].__setitem__("../outside", {"size": 1, "blake2b": "0" * 64}))
+    _edit_manifest(idx, lambda d: d["files"].__setitem__("../outside", {"size": 1, "sha256": "0" * 64}))
     with pytest.raises(IndexFormatError, match="not a relative path inside the index"):
         TildeIndex.open(idx)
+
+
+def test_verify_in_small_blocks(pristine: dict, tmp_path: Path) -> None:
+    """verify scans the postings in blocks of whole rows: no block size changes its answer."""
+    idx = TildeIndex.open(pristine["idx"])
+    off = np.asarray(idx.offsets)
+    for block in (1, 5, 64, 10**9):
+        idx._verify_postings(off, block=block)
+    bad = tmp_path / "idx"
+    shutil.copytree(pristine["idx"], bad)
+    _swap_first_last(bad, 7)
+    damaged = TildeIndex.open(bad)
+    for block in (1, 5, 64, 10**9):
+        with pytest.raises(IndexFormatError, match="not strictly increasing within row 7"):
+            damaged._verify_postings(off, block=block)

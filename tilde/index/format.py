@@ -14,7 +14,7 @@ An index is a directory::
     tokenizer.json       the tokenizer the weights were computed with (queries must use it)
 
 The manifest is written last: a directory without one is an unfinished build, never an index.
-It lists every file the build wrote (``files``: relative path -> size and BLAKE2b-256 digest,
+It lists every file the build wrote (``files``: relative path -> size and SHA-256 digest,
 sub-folders included): :meth:`TildeIndex.open` compares the sizes (a stat per file),
 ``tilde index verify`` the digests.
 """
@@ -59,7 +59,7 @@ TOKENIZER = "tokenizer.json"
 # feedback list or a negative passage length would only ever come from a corrupted manifest).
 MAX_VOCAB_SIZE = 2**32
 MAX_PASSAGE_TOKENS_LIMIT = 65536
-HASH = "blake2b"  # BLAKE2b-256: ~1 GB/s on one core, in the standard library
+HASH = "sha256"  # with the SHA extensions of current x86 and ARM CPUs: 4x BLAKE2b here (802 vs 186 MiB/s)
 
 # Canonical decimal integers only: "007" must stay a string id, or it would come back as "7".
 _INT_ID = re.compile(r"^(0|[1-9][0-9]{0,17})$")
@@ -100,7 +100,7 @@ class Manifest:
     feedback: Mapping[str, Any] | None = None
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
-    # Every file of the index but the manifest: relative POSIX path -> {"size": bytes, "blake2b":
+    # Every file of the index but the manifest: relative POSIX path -> {"size": bytes, "sha256":
     # hex digest}. None in indexes written before tilde recorded it (verify then checks the arrays only).
     files: Mapping[str, Mapping[str, Any]] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -206,8 +206,8 @@ def check_relpath(rel: Any, where: str) -> str:
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """BLAKE2b-256 hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.blake2b(digest_size=32)
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
