@@ -90,6 +90,10 @@ def test_unfinished_build_hint_names_the_command(tmp_path: Path) -> None:
     (out / ".partial" / "command").write_text("tilde build\n")
     with pytest.raises(IndexFormatError, match="re-run the same `tilde build` command"):
         TildeIndex.open(out)
+    exp = tmp_path / "exp"
+    (exp / "expanded.jsonl.partial").mkdir(parents=True)  # stopped during the expansion stage
+    with pytest.raises(IndexFormatError, match="unfinished `tilde build`"):
+        TildeIndex.open(exp)
 
 
 def test_stale_temp_files_of_other_targets_are_kept(tmp_path: Path) -> None:

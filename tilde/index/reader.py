@@ -89,6 +89,8 @@ class TildeIndex:
             if (root / ".partial").exists():
                 command = _partial_command(root)
                 hint = f" (an unfinished build: re-run the same `{command}` command to resume)"
+            elif (root / "expanded.jsonl.partial").exists() or (root / "expanded.jsonl").exists():
+                hint = " (an unfinished `tilde build`: re-run the same command to resume)"
             raise IndexFormatError(f"{root}: no {MANIFEST}; not a tilde index{hint}")
         try:
             text = mpath.read_text("utf-8")
