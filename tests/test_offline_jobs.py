@@ -194,3 +194,16 @@ def test_missing_extra_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "the [index] extra" in proc.stderr and "pip install 'tilde[index]'" in proc.stderr
+
+
+def test_python_m_tilde_cli_reports_command_errors_in_one_line(tmp_path: Path) -> None:
+    """`python -m tilde.cli` runs cli.py as __main__: a CommandError raised by a command must still
+    be the one its except clause catches (exit 2, one line, no traceback)."""
+    idx, _ = _rerank_files(tmp_path)
+    (tmp_path / "q.tsv").write_text("q1\tcat\n")
+    (tmp_path / "empty.trec").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "tilde.cli", "rerank", "--index", str(idx), "--queries",
+                           str(tmp_path / "q.tsv"), "--run", str(tmp_path / "empty.trec"), "--output",
+                           str(tmp_path / "o.trec")], capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "tilde rerank: error: " in proc.stderr and "no entries" in proc.stderr

@@ -96,4 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m tilde.cli` runs this file as __main__, while commands raise tilde.cli.CommandError:
+    # run the main of the imported tilde.cli, whose except clause knows that class.
+    from tilde.cli import main as _main
+
+    sys.exit(_main())
