@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.config import ServiceConfig
 from tilde import __version__
 from tilde.rank import MISSING_POLICIES
+
+from .config import ServiceConfig
 
 __all__ = ["openapi_spec"]
 

@@ -74,7 +74,10 @@ def main(args: argparse.Namespace) -> int:
     # Env first: prometheus_client picks its multiprocess mode when imported, and the tokenizer
     # must not use its thread pool in a process that forks.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from service.config import ServerConfig, ServiceConfig, from_env
+    from tilde._packages import service_module
+
+    config = service_module("config")
+    ServerConfig, ServiceConfig, from_env = config.ServerConfig, config.ServiceConfig, config.from_env
 
     service = from_env(
         ServiceConfig, index=args.index, model=args.model, tokenizer=args.tokenizer, bm25=args.bm25,
@@ -121,8 +124,8 @@ def main(args: argparse.Namespace) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="tilde-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
-    from service import gunicorn_conf
-    from service.app import create_app
+    gunicorn_conf = service_module("gunicorn_conf")
+    create_app = service_module("app").create_app
 
     def loader() -> Any:
         # With preload this runs once in the master (fail fast: a bad index or model stops here, before

@@ -117,7 +117,12 @@ def refresh_query_encoders(index: Path, model: str, dense_model: str | None, den
     found = export_query_encoders(Path(index), model, dense_model, dense_int8=dense_int8)
     if dict(manifest.query_encoders or {}) == found:
         return False
-    atomic_write_text(path, replace(manifest, query_encoders=found).to_json())
+    from tilde.index.format import file_entries
+    from tilde.index.writer import QUERY_DIR
+
+    files = {k: v for k, v in dict(manifest.files or {}).items() if not k.startswith(QUERY_DIR + "/")}
+    files.update(file_entries(Path(index), [QUERY_DIR]))
+    atomic_write_text(path, replace(manifest, query_encoders=found, files=dict(sorted(files.items()))).to_json())
     return True
 
 
@@ -145,6 +150,7 @@ def build_impact_index(
     progress: bool = True,
     recorder: Recorder | None = None,
     stop_after_chunks: int | None = None,
+    command: str = "tilde build",
 ) -> BuildSummary:
     """Index ``collection`` with the impact weights of the MLM ``model`` (and, with
     ``dense_model``, a bi-encoder vector per passage); resumable and shardable like
@@ -208,6 +214,6 @@ def build_impact_index(
     job = BuildJob(encode_batch, identity, manifest, before_finalize=export_encoders, dense_codec=dense_codec)
     return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
                      shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
-                     recorder=recorder, stop_after_chunks=stop_after_chunks)
+                     recorder=recorder, stop_after_chunks=stop_after_chunks, command=command)
 
 
