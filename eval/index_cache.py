@@ -180,7 +180,9 @@ def prepare_impact_index(
         "weighting": "impact",
         "model_sha256": _dir_weights_sha(mlm),
         "dense_sha256": _dir_weights_sha(dense_model) if dense_model else None,
-        **{k: v for k, v in settings.items() if k != "dense_model"},
+        # The query side (encoders, recommended scoring) is not part of the key: a cached index gets
+        # the recipe's current one (refresh_query_encoders), its passage side is reused.
+        **{k: v for k, v in settings.items() if k not in ("dense_model", "scoring")},
         "passages_sha256": _file_sha256(passages),
         "pids_sha256": hashlib.sha256("\n".join(sorted(wanted)).encode("utf-8")).hexdigest(),
     }
@@ -191,7 +193,7 @@ def prepare_impact_index(
     int8 = bool(recipe.dense_query_int8 and dense_model)
     if (index_dir / MANIFEST).is_file():
         # Query encoders are not part of the key: a cached index gets the recipe's current ones.
-        refresh_query_encoders(index_dir, mlm, dense_model, dense_int8=int8)
+        refresh_query_encoders(index_dir, mlm, dense_model, dense_int8=int8, scoring=settings["scoring"])
         info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
         return CachedIndex(index_dir, entry, key, False, int(info.get("passages", 0)), int(info.get("absent", 0)),
                            time.perf_counter() - started, 0.0)

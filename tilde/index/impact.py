@@ -104,9 +104,11 @@ def export_query_encoders(out: Path, model: str, dense_model: str | None, dense_
     return found
 
 
-def refresh_query_encoders(index: Path, model: str, dense_model: str | None, dense_int8: bool = False) -> bool:
-    """Bring a finished impact index's query encoders to these settings (e.g. an int8 dense
-    query encoder) without touching its postings or vectors; True when the manifest changed."""
+def refresh_query_encoders(index: Path, model: str, dense_model: str | None, dense_int8: bool = False,
+                           scoring: Mapping[str, Any] | None = None) -> bool:
+    """Bring a finished impact index's query side to these settings (its query encoders, e.g. an
+    int8 dense one, and, when given, the scoring it recommends) without touching its postings or
+    vectors; True when the manifest changed."""
     from dataclasses import replace
 
     from tilde.index.format import MANIFEST
@@ -115,14 +117,16 @@ def refresh_query_encoders(index: Path, model: str, dense_model: str | None, den
     path = Path(index) / MANIFEST
     manifest = Manifest.from_json(path.read_text("utf-8"), str(path))
     found = export_query_encoders(Path(index), model, dense_model, dense_int8=dense_int8)
-    if dict(manifest.query_encoders or {}) == found:
+    rec = dict(scoring) if scoring is not None else manifest.scoring
+    if dict(manifest.query_encoders or {}) == found and manifest.scoring == rec:
         return False
     from tilde.index.format import file_entries
     from tilde.index.writer import QUERY_DIR
 
     files = {k: v for k, v in dict(manifest.files or {}).items() if not k.startswith(QUERY_DIR + "/")}
     files.update(file_entries(Path(index), [QUERY_DIR]))
-    atomic_write_text(path, replace(manifest, query_encoders=found, files=dict(sorted(files.items()))).to_json())
+    atomic_write_text(path, replace(manifest, query_encoders=found, scoring=rec,
+                                    files=dict(sorted(files.items()))).to_json())
     return True
 
 
