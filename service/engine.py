@@ -16,6 +16,7 @@ import numpy as np
 
 from service.encoder import TextEncoder
 from service.errors import ApiError
+from service.limits import Deadline
 from service.schemas import DocId, Ranked, RerankRequest
 from tilde.metering import Recorder
 from tilde.rank import Reranker, UnknownDocidError
@@ -28,9 +29,10 @@ class StageClock:
     service's :class:`Recorder` (aggregates, hooks, Prometheus) and kept for ``meta`` and
     ``Server-Timing``. A stage lapped several times (a batch) accumulates."""
 
-    __slots__ = ("_e", "_e0", "_read", "_rec", "_t", "_t0", "joules", "timing")
+    __slots__ = ("_e", "_e0", "_read", "_rec", "_t", "_t0", "deadline", "joules", "timing")
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, deadline: Deadline | None = None) -> None:
+        self.deadline = deadline  # checked after every lap: past it, a JSON 503
         self._rec = recorder
         self._read = recorder.meter.read
         self._e0 = self._e = self._read()
@@ -48,6 +50,8 @@ class StageClock:
         # metering overhead shows as the difference between "total" and the sum of the stages.
         self._e = self._read()
         self._t = time.perf_counter()
+        if self.deadline is not None:
+            self.deadline.check(stage)
 
     def finish(self, items: int) -> None:
         """Record the whole handler span as stage "request"; sets ``timing["total"]`` and ``joules``."""
@@ -82,13 +86,19 @@ class Engine:
         self.reranker = reranker
         self.encoder = encoder
 
-    def rank(self, req: RerankRequest, policy: str, clock: StageClock, budget: EncodeBudget, where: str = "") -> Ranked:
-        text, index = self.reranker.text, self.reranker.index
+    def query_ids(self, query: str, where: str = "") -> np.ndarray:
         try:
-            q = text.query_ids(req.query)
+            return self.reranker.text.query_ids(query)
         except (TypeError, ValueError) as exc:
             raise ApiError(422, f"{where}{exc}", "invalid") from None
-        clock.lap("tokenize")
+
+    def rank(self, req: RerankRequest, policy: str, clock: StageClock, budget: EncodeBudget, where: str = "",
+             q: np.ndarray | None = None) -> Ranked:
+        """Rank one query's candidates; ``q``: its token ids when already tokenized (budget check)."""
+        index = self.reranker.index
+        if q is None:
+            q = self.query_ids(req.query, where)
+            clock.lap("tokenize")
         n = len(req)
         docs = req.documents
         ids: list[DocId | None]

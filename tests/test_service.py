@@ -78,7 +78,8 @@ def test_health_ready_info_openapi(client: FlaskClient, index_dir: Path) -> None
     assert decode(client.get("/ready")) == {"status": "ready"}
     info = decode(client.get("/info"))
     assert info["index"]["passages"] == len(PLAIN_DOCS)
-    assert info["index"]["path"] == str(index_dir)
+    assert info["index"]["path"] == index_dir.name and "pid" not in info  # no host details by default
+    assert str(index_dir) not in json.dumps(info)
     assert info["meter"]["method"].startswith("cpu-time")
     assert info["limits"]["max_documents"] == 10_000 and info["limits"]["max_encode"] == 0
     assert info["model"]["encoder"] is None and info["model"]["index_model"] == "hand-made"
@@ -424,7 +425,9 @@ def test_gunicorn_settings_and_cli_errors(capsys: pytest.CaptureFixture[str]) ->
     from tilde.cli import main
 
     s = settings(ServerConfig(port=9, workers=3))
-    assert s["bind"] == ["127.0.0.1:9"] and s["workers"] == 3 and s["worker_class"] == "sync"
+    assert s["bind"] == ["127.0.0.1:9"] and s["workers"] == 3 and s["worker_class"] == "service.worker.TildeWorker"
+    assert s["threads"] == 24 and s["keepalive"] == 0
+    assert settings(ServerConfig(worker_class="sync"))["threads"] == 1
     assert s["accesslog"] is None and s["preload_app"] is True
     assert main(["serve"]) == 2
     assert "no index" in capsys.readouterr().err
