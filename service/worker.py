@@ -11,6 +11,11 @@ changes, each for a failure measured against the stock workers (``benchmarks/ser
 * **JSON errors from the transport layer.** What gunicorn answers itself (bad request line or
   Content-Length 400, 414, 431, 408, an exception outside the app 500) is the service's
   ``{"error": {"code", "message"}}`` instead of an HTML page.
+* **No blocking close in the main loop.** gunicorn closes a finished connection "gracefully"
+  (half-close, then read until the client's FIN, up to 2 s) in the worker's main thread, the
+  one that accepts and dispatches: a client that keeps sending after its 408 stalled every other
+  connection of that worker for 2 s at a time (probe p99 233 ms, max 4 s, with 8 slow clients).
+  The threads close their own connections here.
 * **Nothing accepted is reset on SIGTERM.** A stopping worker first accepts every connection
   already waiting in the listen backlog and serves it (``Connection: close``) before it closes
   its copy of the listening socket; stock gunicorn closed the socket with them still queued, and
@@ -28,6 +33,7 @@ import time
 import uuid
 from typing import Any
 
+from gunicorn import util
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -83,6 +89,17 @@ class DeadlineSocket:
         return getattr(self.sock, name)
 
 
+class _Conn(TConn):
+    """A connection whose lingering close may already have been done by its thread."""
+
+    closed = False
+
+    def close(self, graceful: bool = False) -> None:
+        if self.closed:
+            return
+        super().close(graceful)
+
+
 class TildeWorker(ThreadWorker):
     """gthread with read deadlines, JSON errors and a backlog drain on SIGTERM (see the module)."""
 
@@ -105,7 +122,7 @@ class TildeWorker(ThreadWorker):
             return
         self.nr_conns += 1
         client_sock.setblocking(True)
-        conn = TConn(self.cfg, DeadlineSocket(client_sock), client_addr, listener.getsockname())
+        conn = _Conn(self.cfg, DeadlineSocket(client_sock), client_addr, listener.getsockname())
         self.enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:
@@ -114,10 +131,19 @@ class TildeWorker(ThreadWorker):
             sock.deadline = time.monotonic() + self.header_timeout
             sock.limit = f"request headers not received within {self.header_timeout:g} s (header_timeout)"
         try:
-            return super().handle(conn)
+            result = super().handle(conn)
         finally:
             if isinstance(sock, DeadlineSocket):
                 sock.deadline = None
+        if result is False and isinstance(conn, _Conn):
+            # the connection closes: linger here, in this thread, not in the main loop
+            try:
+                conn.sock.setblocking(True)
+                util.close_graceful(conn.sock)
+            except OSError:
+                util.close(conn.sock)
+            conn.closed = True
+        return result
 
     def handle_request(self, req: Any, conn: Any) -> Any:
         sock = conn.sock
@@ -175,7 +201,7 @@ class TildeWorker(ThreadWorker):
                     break
                 self.nr_conns += 1
                 client_sock.setblocking(True)
-                self.enqueue_req(TConn(self.cfg, DeadlineSocket(client_sock), client_addr, listener.getsockname()))
+                self.enqueue_req(_Conn(self.cfg, DeadlineSocket(client_sock), client_addr, listener.getsockname()))
                 n += 1
         return n
 
