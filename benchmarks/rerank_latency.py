@@ -10,7 +10,14 @@ a fresh process's first queries, which pay for first-touch page faults, are prin
 
     python benchmarks/rerank_latency.py [--passages 1000000] [--candidates 1000]
 
+With ``--modes`` (default ``tokens,mlm,dense,fused``) the index also gets a dense part (random
+unit vectors, 384-dim, the default recipe's fp16 codec) and the default recipe's ONNX query
+encoders (splade-tiny MLM, all-MiniLM-L6-v2, exported once into --work), and every mode is
+timed on the same queries and candidates, query encoding included; fused is the default
+recipe's recommended scoring (with random first-stage scores).
+
 Last line: p50_ms=<x> p99_ms=<y> baseline_p50_ms=<z> speedup=<z/x> open_s=<s> bytes_per_posting=<b>
+           [feedback_p50_ms=.. feedback_p99_ms=..] [default_p50_ms=<x> default_p99_ms=<y>]
 """
 
 from __future__ import annotations
@@ -136,15 +143,55 @@ def open_seconds(index: Path) -> float:
     return opened
 
 
-def timed(rr: object, queries: list[str], draws: np.ndarray) -> tuple[list[float], dict[str, list[float]]]:
+def attach_hybrid_parts(index: Path, work: Path, dim: int = 384, seed: int = 3) -> None:
+    """Give the synthetic index what the default recipe's modes need: a dense part (random unit
+    vectors through the real writer) and the recipe's ONNX query encoders (exported once)."""
+    import json
+    import shutil
+
+    from tilde.index.dense import DENSE_FILE, write_dense
+    from tilde.io import atomic_path, atomic_write_text
+    from tilde.models import DEFAULT_RECIPE, bundled_path
+
+    manifest = json.loads((index / MANIFEST).read_text("utf-8"))
+    if manifest.get("dense") and manifest.get("query_encoders"):
+        return
+    from tilde.encoders.export import export_dense_encoder, export_mlm_query_encoder
+
+    encoders = work / "query-encoders"
+    for kind, source, export in (("mlm", DEFAULT_RECIPE.impact_model, export_mlm_query_encoder),
+                                 ("dense", DEFAULT_RECIPE.dense_model, export_dense_encoder)):
+        if not (encoders / kind / "encoder.json").is_file():
+            export(bundled_path(str(source)), encoders / kind)
+        target = index / "query" / kind
+        if not target.exists():
+            shutil.copytree(encoders / kind, target)
+    n = int(manifest["num_passages"])
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        block = rng.standard_normal((min(100_000, n - start), dim)).astype(np.float32)
+        vectors[start : start + block.shape[0]] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    with atomic_path(index / DENSE_FILE) as tmp:
+        meta = write_dense(tmp, vectors, codec=DEFAULT_RECIPE.dense_codec)
+    del vectors
+    manifest["dense"] = {**meta, "model": "synthetic"}
+    manifest["query_encoders"] = {k: {"path": f"query/{k}"} for k in ("mlm", "dense")}
+    manifest["scoring"] = DEFAULT_RECIPE.scoring
+    atomic_write_text(index / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def timed(rr: object, queries: list[str], draws: np.ndarray,
+          first: np.ndarray | None = None) -> tuple[list[float], dict[str, list[float]]]:
     """Per-query latency (ms) of ``rr.rerank`` and its per-stage timings; the candidate ids are
     made into strings outside the timer."""
     lat: list[float] = []
     stage: dict[str, list[float]] = {}
-    for q, rows in zip(queries, draws):
+    for i, (q, rows) in enumerate(zip(queries, draws)):
         cands = rows.astype(str).tolist()
+        fs = None if first is None else first[i]
         t0 = time.perf_counter()
-        res = rr.rerank(q, cands)  # type: ignore[attr-defined]
+        res = rr.rerank(q, cands, first_stage=fs)  # type: ignore[attr-defined]
         lat.append((time.perf_counter() - t0) * 1e3)
         for k, v in res.timing_ms.items():
             stage.setdefault(k, []).append(v)
@@ -161,6 +208,9 @@ def main() -> None:
     ap.add_argument("--weights", choices=("float16", "uint8"), default="float16")
     ap.add_argument("--feedback", default="5,30,0.5",
                     help="also time pseudo-relevance feedback with these DOCS,TERMS,WEIGHT ('off': skip)")
+    ap.add_argument("--modes", default="tokens,mlm,dense,fused",
+                    help="scoring modes to time with query encoding ('' : tokens-only index, no dense part)")
+    ap.add_argument("--mode-queries", type=int, default=1000, help="queries per mode row")
     args = ap.parse_args()
 
     from tilde.rank import Reranker
@@ -179,14 +229,25 @@ def main() -> None:
             merge_indexes([index], q8, weight_dtype="uint8")
         index = q8
 
+    modes = [x.strip() for x in args.modes.split(",") if x.strip()]
+    if modes:
+        attach_hybrid_parts(index, args.work)
     opened = open_seconds(index)
-    rr = Reranker.load(index)
+    rr = Reranker.load(index, scoring="tokens")
     m = rr.index.manifest
     files = [f for f in index.iterdir() if f.is_file() and f.suffix == ".npy"]
-    bytes_per_posting = sum(f.stat().st_size for f in files) / m.num_postings
+    sparse_bytes = sum(f.stat().st_size for f in files)
+    bytes_per_posting = sparse_bytes / m.num_postings
     print(f"index: {m.num_passages} passages, {m.num_postings} postings "
           f"({m.num_postings / m.num_passages:.1f}/passage), {m.weight_dtype}, "
-          f"{sum(f.stat().st_size for f in files) / 2**20:.0f} MiB of arrays")
+          f"{sparse_bytes / 2**20:.0f} MiB of arrays")
+    if m.dense is not None:
+        dense_bytes = (index / "dense.faiss").stat().st_size
+        enc_bytes = sum(f.stat().st_size for f in (index / "query").rglob("*") if f.is_file())
+        per = m.num_passages
+        print(f"bytes per passage: {sparse_bytes / per:.0f} sparse, {dense_bytes / per:.0f} dense "
+              f"({m.dense['dim']}-dim {m.dense['codec']}), {(sparse_bytes + dense_bytes) / per:.0f} with both; "
+              f"query encoders {enc_bytes / 2**20:.0f} MiB")
 
     rng = np.random.default_rng(2)
     queries = make_queries(text, args.queries)
@@ -225,6 +286,24 @@ def main() -> None:
         print("  per stage p50 ms: " + ", ".join(f"{k} {np.percentile(v, 50):.3f}" for k, v in fstage.items()))
         fb_line = f" feedback_p50_ms={f50:.3f} feedback_p99_ms={f99:.3f}"
 
+    default_line = ""
+    if modes:
+        if rr.index.dense is not None:
+            t0 = time.perf_counter()
+            rr.index.dense.prefault()
+            print(f"prefault of the dense part: {time.perf_counter() - t0:.3f} s")
+        nq = min(args.mode_queries, len(queries))
+        first = rng.gamma(2.0, 5.0, size=(nq, args.candidates))
+        for mode in modes:
+            rm = rr.with_scoring("index" if mode == "fused" else mode)
+            rm.warmup()
+            mlat, mstage = timed(rm, queries[:nq], draws[:nq], first)
+            m50, m99 = float(np.percentile(mlat, 50)), float(np.percentile(mlat, 99))
+            print(f"mode {rm.scoring}: p50 {m50:.3f} ms, p99 {m99:.3f} ms (query encoding included)")
+            print("  per stage p50 ms: " + ", ".join(f"{k} {np.percentile(v, 50):.3f}" for k, v in mstage.items()))
+            if mode == "fused":
+                default_line = f" default_p50_ms={m50:.3f} default_p99_ms={m99:.3f}"
+
     # The same candidates already scored once (warm cache), for the memory-latency picture.
     cands = rng.integers(0, m.num_passages, size=args.candidates).astype(str).tolist()
     rr.rerank(queries[0], cands)
@@ -247,7 +326,7 @@ def main() -> None:
     print(f"baseline (dict of token -> weight lists, reference algorithm, {sub.size} passages in RAM): "
           f"p50 {b50:.3f} ms, p99 {np.percentile(base, 99):.3f} ms")
     print(f"p50_ms={p50:.3f} p99_ms={p99:.3f} baseline_p50_ms={b50:.3f} speedup={b50 / p50:.1f} "
-          f"open_s={opened:.3f} bytes_per_posting={bytes_per_posting:.3f}{fb_line}")
+          f"open_s={opened:.3f} bytes_per_posting={bytes_per_posting:.3f}{fb_line}{default_line}")
 
 
 if __name__ == "__main__":

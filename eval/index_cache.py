@@ -27,7 +27,8 @@ from tilde.io import atomic_path, atomic_write_text, open_text, read_collection
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CachedIndex", "ExpansionUnavailable", "default_cache_dir", "prepare_index", "resolve_model"]
+__all__ = ["CachedIndex", "ExpansionUnavailable", "default_cache_dir", "is_impact", "prepare_impact_index",
+           "prepare_index", "resolve_model"]
 
 
 class ExpansionUnavailable(RuntimeError):
@@ -123,6 +124,97 @@ def _write_subset(passages: Path, needed: set[str], output: Path) -> tuple[int, 
                 f.write(f"{p.pid}\t{' '.join(p.text.split())}\n")
                 found.add(p.pid)
     return len(found), len(needed - found)
+
+
+def is_impact(model: str | None) -> bool:
+    """True when ``model`` means an impact index: the default recipe (None or "default"), or a
+    masked-LM checkpoint such as splade-tiny."""
+    from tilde.commands._impact import wants_impact
+
+    return wants_impact(model)
+
+
+def prepare_impact_index(
+    model: str | None,
+    passages: str | os.PathLike[str],
+    needed: Iterable[str],
+    *,
+    dense: str | None = "default",
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+    top_k: int | None = None,
+) -> CachedIndex:
+    """The impact index (:func:`tilde.index.impact.build_impact_index`) of the ``needed``
+    passages: the default recipe when ``model`` is None/"default" (its dense model unless
+    ``dense`` is None), else the MLM ``model`` (with ``dense`` when it names a bi-encoder)."""
+    from tilde.index.format import MANIFEST
+    from tilde.index.impact import build_impact_index
+    from tilde.models import DEFAULT_RECIPE, bundled_path
+
+    recipe = DEFAULT_RECIPE
+    default = model is None or model == "default"
+    dense_model: str | None
+    try:
+        mlm = bundled_path(recipe.impact_model if default else str(model))
+        if dense == "default":
+            dense_model = bundled_path(recipe.dense_model) if default and recipe.dense_model else None
+        else:
+            dense_model = bundled_path(dense) if dense else None
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"the default recipe {recipe.name} cannot run here ({exc}); install it with "
+                                f"scripts/install.sh, or pass --model with a checkpoint") from None
+    settings: dict[str, Any] = {
+        "top_k": top_k or recipe.top_k,
+        "max_length": recipe.max_length,
+        "dense_model": dense_model,
+        "dense_codec": recipe.dense_codec,
+        "scoring": recipe.scoring if dense_model else {"mode": "mlm"},
+    }
+    passages = Path(passages)
+    if not passages.is_file():
+        raise FileNotFoundError(f"{passages}: no such passages file")
+    wanted = set(needed)
+    started = time.perf_counter()
+    key_fields: dict[str, Any] = {
+        "weighting": "impact",
+        "model_sha256": _dir_weights_sha(mlm),
+        "dense_sha256": _dir_weights_sha(dense_model) if dense_model else None,
+        **{k: v for k, v in settings.items() if k != "dense_model"},
+        "passages_sha256": _file_sha256(passages),
+        "pids_sha256": hashlib.sha256("\n".join(sorted(wanted)).encode("utf-8")).hexdigest(),
+    }
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
+    entry = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / key
+    index_dir = entry / "index"
+    info_path = entry / "key.json"
+    if (index_dir / MANIFEST).is_file():
+        info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
+        return CachedIndex(index_dir, entry, key, False, int(info.get("passages", 0)), int(info.get("absent", 0)),
+                           time.perf_counter() - started, 0.0)
+    entry.mkdir(parents=True, exist_ok=True)
+    subset = entry / "passages.tsv"
+    if subset.is_file():
+        written = sum(1 for _ in read_collection(subset))
+        absent = len(wanted) - written
+    else:
+        written, absent = _write_subset(passages, wanted, subset)
+    summary = build_impact_index(mlm, subset, index_dir, **settings, batch_size=batch_size, progress=progress)
+    atomic_write_text(info_path, json.dumps({**key_fields, "model": mlm, "dense": dense_model, "passages": written,
+                                             "absent": absent, "source": str(passages.resolve())},
+                                            indent=2, sort_keys=True) + "\n")
+    return CachedIndex(index_dir, entry, key, True, written, absent, time.perf_counter() - started, summary.joules)
+
+
+def _dir_weights_sha(model: str) -> str:
+    """sha256 of a local model folder's weight files (a hub id hashes its name)."""
+    path = Path(model)
+    if not path.is_dir():
+        return hashlib.sha256(model.encode("utf-8")).hexdigest()
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(_file_sha256(f).encode())
+    return h.hexdigest()
 
 
 def prepare_index(

@@ -17,10 +17,10 @@ from tilde.metering import Recorder, default_meter, percentile
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGES", "StageTimes", "first_stage", "new_recorder", "rerank_run"]
+__all__ = ["STAGES", "StageTimes", "add_mode_argument", "available_modes", "first_stage", "new_recorder", "rerank_run"]
 
 #: Per-query stages, in pipeline order. "first_stage" only when the evaluation ran it.
-STAGES = ("first_stage", "tokenize", "lookup", "score", "sort")
+STAGES = ("first_stage", "tokenize", "encode", "lookup", "score", "dense", "fuse", "sort")
 
 Run = dict[str, list[tuple[str, float]]]
 
@@ -29,6 +29,31 @@ def add_feedback_argument(p: Any) -> None:
     """``--feedback`` for the evaluation scripts (tilde.rank.feedback)."""
     p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
                    "the model recommends; then plain TILDEv2 is reported too), off, or DOCS,TERMS,WEIGHT")
+
+
+def add_mode_argument(p: Any) -> None:
+    """``--mode`` for the evaluation scripts (tilde.rank.scoring)."""
+    p.add_argument("--mode", default="index",
+                   help="scoring mode of the headline row: index (default: what the index recommends), tokens, mlm, "
+                        "dense, fused, or fused:mlm=0.3,dense=0.6,first_stage=0.1; every mode the index supports "
+                        "gets a row")
+
+
+def available_modes(reranker: Any) -> list[Any]:
+    """The scoring modes an index can serve, the recommended one last: tokens always; mlm with
+    an MLM query encoder on an impact index; dense with vectors and their encoder; fused."""
+    from tilde.rank.scoring import Scoring
+
+    m = reranker.index.manifest
+    enc = m.query_encoders or {}
+    modes = [Scoring("tokens")]
+    if m.weighting == "impact" and "mlm" in enc:
+        modes.append(Scoring("mlm"))
+    if m.dense is not None and "dense" in enc:
+        modes.append(Scoring("dense"))
+    rec = reranker.scoring
+    modes = [s for s in modes if s != rec]
+    return [*modes, rec]
 
 
 def feedback_label(reranker: Any) -> str:
@@ -126,7 +151,8 @@ def rerank_run(
                 for s in ms:
                     ms[s].append(0.0)
                 continue
-            res = reranker.rerank(queries[qid], cands, missing="zero")
+            top = entries if depth is None else entries[:depth]
+            res = reranker.rerank(queries[qid], cands, missing="zero", first_stage=[float(s) for _, s in top])
             missing += len(res.missing)
             for s in ms:
                 ms[s].append(float(res.timing_ms.get(s, 0.0)))

@@ -25,7 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eval.metrics import MEASURE_LABELS, evaluate, trec_dl_measures
-from eval.pipeline import StageTimes, add_feedback_argument, feedback_label, rerank_run
+from eval.pipeline import (
+    StageTimes,
+    add_feedback_argument,
+    add_mode_argument,
+    available_modes,
+    feedback_label,
+    rerank_run,
+)
 from eval.references import references_for
 from eval.report import Report, SystemRow, write_report
 
@@ -64,7 +71,13 @@ def model_label(model: str) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m eval.trec_dl", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="TREC DL folder (queries.tsv, qrels.trec, passages.tsv, run.*.trec)")
-    p.add_argument("--model", default=None, help="TILDEv2 checkpoint: local directory or Hugging Face id")
+    p.add_argument("--model", default=None,
+                   help="TILDEv2 checkpoint (local directory or Hugging Face id), a masked LM (splade-tiny) for an "
+                        "impact index, or omit for the default recipe (splade-tiny impact + all-MiniLM-L6-v2)")
+    p.add_argument("--dense", default="default",
+                   help="impact indexes: the bi-encoder of the dense part (default: the recipe's), or none")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="impact indexes: expansion ids per passage (default: the recipe's)")
     p.add_argument("--expander", default=None, help="expand passages with this expander first (tilde.expand)")
     p.add_argument("--run", default=BM25_RUN, help=f"first-stage run, in DATA or a path (default {BM25_RUN})")
     p.add_argument("--all-runs", action="store_true", help="re-rank every run.*.trec in DATA")
@@ -74,6 +87,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--save-runs", default=None, help="write the re-ranked runs (TREC format) into this directory")
     p.add_argument("--batch-size", type=int, default=32, help="encoding batch size for indexing")
     add_feedback_argument(p)
+    add_mode_argument(p)
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -94,7 +108,7 @@ def _find_runs(data: Path, args: argparse.Namespace) -> list[Path]:
 
 def evaluate_folder(args: argparse.Namespace) -> list[str]:
     """Run the evaluation; returns the lines to print (the last one is the summary line)."""
-    from eval.index_cache import prepare_index, resolve_model
+    from eval.index_cache import is_impact, prepare_impact_index, prepare_index, resolve_model
     from tilde.io import read_qrels, read_queries, read_run, write_run
     from tilde.rank import Reranker
 
@@ -102,7 +116,8 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
     for name in ("queries.tsv", "qrels.trec", "passages.tsv"):
         if not (data / name).is_file():
             raise FileNotFoundError(f"{data}: no {name} (expected a TREC DL folder of ../shared/data)")
-    model = resolve_model(args.model)
+    impact = is_impact(args.model)
+    model = _impact_label(args.model, args.dense) if impact else resolve_model(args.model)
     if args.depth < 1:
         raise ValueError(f"--depth must be >= 1, not {args.depth}")
     queries = {q.qid: q.text for q in read_queries(data / "queries.tsv")}
@@ -111,17 +126,26 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
     runs = {run_name(p): read_run(p) for p in run_files}
     needed = {e.docid for run in runs.values() for entries in run.values() for e in entries[: args.depth]}
 
-    cached = prepare_index(model, data / "passages.tsv", needed, expander=args.expander, cache_dir=args.cache_dir,
-                           batch_size=args.batch_size, progress=False)
+    if impact:
+        if args.expander:
+            raise ValueError("an impact index expands passages with its own masked LM: drop --expander")
+        cached = prepare_impact_index(args.model, data / "passages.tsv", needed, dense=_dense(args.dense),
+                                      cache_dir=args.cache_dir, batch_size=args.batch_size, top_k=args.top_k)
+    else:
+        cached = prepare_index(model, data / "passages.tsv", needed, expander=args.expander,
+                               cache_dir=args.cache_dir, batch_size=args.batch_size, progress=False)
     lines = [f"index: {cached.path} ({'built' if cached.built else 'cached'}, {cached.passages} passages"
              + (f", {cached.absent} needed passages absent from passages.tsv" if cached.absent else "") + ")"]
     from tilde.rank.feedback import feedback_arg
 
-    reranker = Reranker.load(cached.path, missing="zero", feedback=feedback_arg(args.feedback))
+    reranker = Reranker.load(cached.path, missing="zero", feedback=feedback_arg(args.feedback), scoring=args.mode)
+    modes = available_modes(reranker)
+    lines.append(f"scoring: {reranker.scoring} ({'as the index recommends' if args.mode == 'index' else 'asked for'}); "
+                 f"modes reported: {', '.join(str(m) for m in modes)}")
     measures = trec_dl_measures()
     label = model_label(model) + (f" + {model_label(args.expander)}" if args.expander else "")
     plain_label = label
-    label += feedback_label(reranker)
+    label += feedback_label(reranker) + (f" [{reranker.scoring}]" if len(modes) > 1 else "")
     if reranker.feedback is not None:
         lines.append(f"scoring: TILDEv2 + pseudo-relevance feedback {reranker.feedback} (docs,terms,weight); "
                      f"the plain TILDEv2 rows have it off")
@@ -129,17 +153,25 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
     timings: dict[str, StageTimes] = {}
     reranked_ndcg: dict[str, float] = {}
     first_ndcg: dict[str, float] = {}
-    width = max(len(f"{name} -> {label}") for name in runs)
+    width = max(len(f"{name} -> {label} [{m}]") for name in runs for m in modes)
     plain = reranker.with_feedback(None) if reranker.feedback else None
     lines.append(f"{'system':<{width}} " + "  ".join(f"{MEASURE_LABELS[m]:>7}" for m in METRICS))
     for name, run in runs.items():
         first_pairs = {qid: [(e.docid, e.score) for e in entries] for qid, entries in run.items()}
         before = evaluate(first_pairs, qrels, measures)
+        shown = [(name, before)]
+        rows.append(SystemRow(name, "first stage", before.aggregate))
+        for other in modes[:-1]:  # every other mode the index supports, each with its latency
+            alt = reranker.with_scoring(other)
+            alt_run, alt_times = rerank_run(alt, queries, first_pairs, depth=args.depth)
+            alt_res = evaluate(alt_run, qrels, measures)
+            alt_name = f"{name} -> {plain_label} [{other}]"
+            rows.append(SystemRow(alt_name, "re-ranked", alt_res.aggregate, first_stage=name))
+            timings[alt_name] = alt_times
+            shown.append((alt_name, alt_res))
         after_run, times = rerank_run(reranker, queries, first_pairs, depth=args.depth)
         after = evaluate(after_run, qrels, measures)
         first_ndcg[name], reranked_ndcg[name] = before.aggregate["ndcg@10"], after.aggregate["ndcg@10"]
-        shown = [(name, before)]
-        rows.append(SystemRow(name, "first stage", before.aggregate))
         if plain is not None:
             plain_run, plain_times = rerank_run(plain, queries, first_pairs, depth=args.depth)
             plain_res = evaluate(plain_run, qrels, measures)
@@ -157,8 +189,9 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
             write_run(out / f"run.{name}.{model_label(model)}.trec", after_run, tag="tilde")
     for name, t in timings.items():
         lines.append(f"latency {name}: p50 {t.p('total', 50):.3f} ms, p99 {t.p('total', 99):.3f} ms per query "
-                     f"(tokenize p50 {t.p('tokenize', 50):.3f}, lookup {t.p('lookup', 50):.3f}, "
-                     f"score {t.p('score', 50):.3f}, sort {t.p('sort', 50):.3f}); "
+                     f"(tokenize p50 {t.p('tokenize', 50):.3f}, encode {t.p('encode', 50):.3f}, "
+                     f"lookup {t.p('lookup', 50):.3f}, score {t.p('score', 50):.3f}, dense {t.p('dense', 50):.3f}, "
+                     f"fuse {t.p('fuse', 50):.3f}, sort {t.p('sort', 50):.3f}); "
                      f"{t.joules_per_query:.6f} J/query ({t.method})")
     dataset = data.name
     if args.report:
@@ -186,6 +219,19 @@ def evaluate_folder(args: argparse.Namespace) -> list[str]:
         lines.append(f"ndcg@10={after_row['ndcg@10']:.4f} mrr@10={after_row['mrr@10']:.4f} "
                      f"bm25_ndcg@10={bm25_ndcg:.4f} model={model_label(model)}")
     return lines
+
+
+def _dense(spec: str) -> str | None:
+    return None if spec == "none" else spec
+
+
+def _impact_label(model: str | None, dense: str) -> str:
+    """What the evaluation names an impact index by: the recipe's name for the default."""
+    if model is None or model == "default":
+        from tilde.models import DEFAULT_RECIPE
+
+        return DEFAULT_RECIPE.name + ("" if dense == "default" else f" (dense: {dense})")
+    return model
 
 
 def _dir_bytes(path: Path) -> int:

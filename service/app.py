@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
+import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
@@ -111,6 +112,8 @@ def _meta(clock: StageClock, method: str, ranked: Ranked | None = None) -> dict[
         meta["encoded"] = ranked.encoded
         meta["query_tokens"] = ranked.query_tokens
         meta["feedback_terms"] = ranked.feedback_terms
+        meta["mode"] = ranked.mode
+        meta["signals"] = list(ranked.signals)
     return meta
 
 
@@ -208,12 +211,13 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
     def _rerank(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
         clock = StageClock(state.recorder, deadline)
         req = schemas.parse_rerank(wire.decode(data, fmt_in), limits)
-        check_budget([req], None, config)
+        check_budget([req], None, config, eng.query_encodes(req.mode))
         clock.lap("parse")
         q = eng.query_ids(req.query)
         check_budget([req], [q], config)
         clock.lap("tokenize")
-        ranked = eng.rank(req, req.missing or config.missing, clock, EncodeBudget(config.max_encode), q=q)
+        ranked = eng.rank(req, req.missing or config.missing, clock, EncodeBudget(config.max_encode), mode=req.mode,
+                          q=q)
         results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
         clock.lap("serialize", len(ranked.order))
         clock.finish(len(req))
@@ -233,7 +237,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
     def _rerank_batch(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
         clock = StageClock(state.recorder, deadline)
         batch = schemas.parse_batch(wire.decode(data, fmt_in), limits)
-        check_budget(batch.queries, None, config)
+        check_budget(batch.queries, None, config, eng.query_encodes(batch.mode) * len(batch.queries))
         clock.lap("parse")
         qs = [eng.query_ids(req.query, f"queries[{qi}]: ") for qi, req in enumerate(batch.queries)]
         check_budget(batch.queries, qs, config)
@@ -243,7 +247,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         parts = []
         n = encoded = 0
         for qi, req in enumerate(batch.queries):
-            ranked = eng.rank(req, policy, clock, budget, where=f"queries[{qi}]: ", q=qs[qi])
+            ranked = eng.rank(req, policy, clock, budget, where=f"queries[{qi}]: ", mode=batch.mode, q=qs[qi])
             results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
             clock.lap("serialize", len(ranked.order))
             item = {"index": qi, "id": req.id, "missing": ranked.missing, "encoded": ranked.encoded,
@@ -277,13 +281,14 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         hits = state.bm25.search(sreq.query, sreq.k)
         clock.lap("first_stage", len(hits))
         req = RerankRequest(query=sreq.query, ids=[h.docid for h in hits], documents=None, top_n=sreq.top_n)
-        check_budget([req], None, config)
+        check_budget([req], None, config, eng.query_encodes(sreq.mode))
         q = eng.query_ids(req.query)
         check_budget([req], [q], config)
         clock.lap("tokenize")
         # Candidates come from the same collection; one missing from the TILDEv2 index keeps its
         # place at the end with score 0 (reported), never silently dropped.
-        ranked = eng.rank(req, "zero", clock, EncodeBudget(0), q=q)
+        ranked = eng.rank(req, "zero", clock, EncodeBudget(0), mode=sreq.mode,
+                          first_stage=np.array([h.score for h in hits], dtype=np.float64), q=q)
         schemas.check_finite(ranked, req.ids or [])
         rows = [{"index": i, "id": hits[i].docid, "relevance_score": s, "first_stage_score": hits[i].score}
                 for i, s in zip(ranked.order.tolist(), ranked.scores.tolist())]

@@ -45,6 +45,8 @@ class ServiceConfig:
     bm25: str | None = None  # BM25 index for /v1/search (default: <index>/bm25 when it exists)
     missing: str = "error"  # unknown ids: "error" (422, strict), "skip", or "zero"; a request may override
     feedback: str = "index"  # pseudo-relevance feedback: "index" (what the model recommends), "off", or D,T,W
+    mode: str = "index"  # scoring mode (tilde.rank.scoring): "index" (what the index recommends), tokens, mlm, ...
+    dense_model: str | None = None  # impact indexes with vectors: the bi-encoder for texts (default: found)
     max_body_bytes: int = 16 * 1024 * 1024  # 413 beyond this
     max_documents: int = 10_000  # candidates per query
     max_batch_queries: int = 256  # queries per /v1/rerank/batch request
@@ -58,6 +60,7 @@ class ServiceConfig:
     max_query_chars_total: int = 200_000  # query characters summed over a batch (tokenization)
     max_work: int = 20_000_000  # sum over queries of candidates x distinct query tokens (scoring)
     max_response_bytes: int = 32 * 1024 * 1024  # estimated response size, refused before scoring
+    max_query_encodes: int = 64  # query-encoder passes (mlm, dense modes: one per query and encoder) per request
     deadline: float = 10.0  # seconds from a request's body read to its answer; JSON 503 past it
     concurrency: int = 1  # re-ranking requests one worker process scores at a time
     max_queue: int = 8  # requests a worker lets wait for a scoring slot; more get 429 + Retry-After
@@ -80,11 +83,19 @@ class ServiceConfig:
                 feedback_arg(self.feedback)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        if self.mode != "index":
+            from tilde.rank.scoring import parse_scoring
+
+            try:
+                if not self.mode.startswith("fused") or ":" in self.mode:
+                    parse_scoring(self.mode)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.meter not in METERS:
             raise ConfigError(f"meter must be one of {', '.join(METERS)}, not {self.meter!r}")
         for name in ("max_body_bytes", "max_documents", "max_batch_queries", "max_text_chars", "max_query_chars",
                      "torch_threads", "max_candidates", "max_query_chars_total", "max_work", "max_response_bytes",
-                     "concurrency"):
+                     "concurrency", "max_query_encodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.max_encode < 0 or self.watts_per_core < 0 or self.max_queue < 0:
@@ -124,6 +135,7 @@ class ServiceConfig:
             "max_query_chars_total": self.max_query_chars_total,
             "max_work": self.max_work,
             "max_response_bytes": self.max_response_bytes,
+            "max_query_encodes": self.max_query_encodes,
             "deadline_seconds": self.deadline,
             "concurrency": self.concurrency,
             "max_queue": self.max_queue,

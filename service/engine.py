@@ -18,8 +18,10 @@ from service.encoder import TextEncoder
 from service.errors import ApiError
 from service.limits import Deadline
 from service.schemas import DocId, Ranked, RerankRequest
+from tilde.index.format import IndexFormatError
 from tilde.metering import Recorder
 from tilde.rank import Reranker, UnknownDocidError
+from tilde.rank.texts import EncodedTexts
 
 __all__ = ["EncodeBudget", "Engine", "StageClock"]
 
@@ -87,17 +89,30 @@ class Engine:
         self.encoder = encoder
 
     def query_ids(self, query: str, where: str = "") -> np.ndarray:
+        """The query's token ids; a query the tokenizer refuses is the client's error (422)."""
         try:
             return self.reranker.text.query_ids(query)
         except (TypeError, ValueError) as exc:
             raise ApiError(422, f"{where}{exc}", "invalid") from None
 
-    def rank(self, req: RerankRequest, policy: str, clock: StageClock, budget: EncodeBudget, where: str = "",
-             q: np.ndarray | None = None) -> Ranked:
-        """Rank one query's candidates; ``q``: its token ids when already tokenized (budget check)."""
+    def query_encodes(self, mode: str | None) -> int:
+        """Query-encoder passes one query costs in ``mode`` (0 for token scoring; a malformed
+        mode is 0 here and refused when ranked)."""
+        try:
+            signals = self.reranker._scoring(mode).signals
+        except ValueError:
+            return 0
+        return sum(kind in signals for kind in ("mlm", "dense"))
+
+    def rank(
+        self, req: RerankRequest, policy: str, clock: StageClock, budget: EncodeBudget, where: str = "",
+        mode: str | None = None, first_stage: np.ndarray | None = None, q: np.ndarray | None = None,
+    ) -> Ranked:
+        """Rank one query's candidates; ``q``: its token ids when the caller already tokenized it
+        (the budget check), else it is tokenized (and checked) here."""
         index = self.reranker.index
         if q is None:
-            q = self.query_ids(req.query, where)
+            self.query_ids(req.query, where)
             clock.lap("tokenize")
         n = len(req)
         docs = req.documents
@@ -113,19 +128,24 @@ class Engine:
             if keyed:
                 rows[keyed] = index.lookup([ids[i] for i in keyed])  # type: ignore[misc]
         clock.lap("lookup", n)
-        scores = self.reranker.score_ids(q, rows)
-        clock.lap("score", n)
-        expansion = None
-        if self.reranker.feedback is not None:
-            # Feedback passages come from the indexed candidates; texts encoded below are scored
-            # with the same expanded query.
-            expansion = self.reranker.expand(q, rows, scores, self.reranker.feedback)
-            clock.lap("feedback", n)
         unknown = rows < 0
+        texts, text_pos, encoded = self._encode(req, ids, unknown, clock, budget, where)
+        if text_pos.size:
+            unknown[text_pos] = False
+        try:
+            scored = self.reranker.score(req.query, rows, mode=mode, first_stage=first_stage, texts=texts,
+                                         text_positions=text_pos)
+        except IndexFormatError as exc:  # a mode this index cannot serve (no dense part, no query encoder)
+            raise ApiError(422, f"{where}{exc}", "unsupported_mode") from None
+        except ValueError as exc:  # a malformed mode
+            raise ApiError(422, f"{where}{exc}", "invalid") from None
+        clock.lap("score", n)
+        if "encode" in scored.timing_ms:  # the query encoders' share of "score"
+            clock.timing["query_encode"] = scored.timing_ms["encode"]
+        scores = scored.scores
         missing: list[dict[str, Any]] = []
-        encoded: list[dict[str, Any]] = []
         if unknown.any():
-            missing, encoded = self._resolve(q, req, ids, unknown, scores, policy, clock, budget, where, expansion)
+            missing = self._missing(req, ids, unknown, policy, where)
         if missing:
             known_pos = np.flatnonzero(~unknown)
             order = known_pos[np.argsort(-scores[known_pos], kind="stable")]
@@ -135,50 +155,44 @@ class Engine:
             order = np.argsort(-scores, kind="stable")
         if req.top_n is not None:
             order = order[: req.top_n]
-        added = 0 if expansion is None else int(expansion[0].size)
-        ranked = Ranked(order, scores[order], missing, encoded, int(q.size), added)
+        ranked = Ranked(order, scores[order], missing, encoded, scored.query_tokens, scored.feedback_terms,
+                        str(self.reranker.scoring if mode is None else self.reranker._scoring(mode)),
+                        scored.signals)
         clock.lap("sort", n)
         return ranked
 
-    def _resolve(
-        self,
-        q: np.ndarray,
-        req: RerankRequest,
-        ids: list[DocId | None],
-        unknown: np.ndarray,
-        scores: np.ndarray,
-        policy: str,
-        clock: StageClock,
-        budget: EncodeBudget,
-        where: str,
-        expansion: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Encode texts not in the index (updates ``scores`` and ``unknown`` in place) and report
-        the rest as missing, or raise under the "error" policy."""
+    def _encode(
+        self, req: RerankRequest, ids: list[DocId | None], unknown: np.ndarray, clock: StageClock,
+        budget: EncodeBudget, where: str,
+    ) -> tuple[EncodedTexts | None, np.ndarray, list[dict[str, Any]]]:
+        """Encode the documents that carry text and are not in the index (within the budget)."""
         docs = req.documents
-        encoded: list[dict[str, Any]] = []
+        none = np.zeros(0, dtype=np.int64)
+        if docs is None or self.encoder is None or not unknown.any():
+            return None, none, []
+        with_text = [i for i in np.flatnonzero(unknown).tolist() if docs[i].text is not None]
+        if not with_text:
+            return None, none, []
+        if len(with_text) > budget.left:
+            raise ApiError(
+                422,
+                f"{where}{len(with_text)} documents are not in the index and would need encoding; a request may "
+                f"have at most {budget.limit} encoded ({budget.left} left; max_encode in /info). "
+                f"Send index ids, or fewer texts.",
+                "too_many_texts",
+            )
+        budget.left -= len(with_text)
+        texts = self.encoder.encode([docs[i].text or "" for i in with_text])
+        clock.lap("encode", len(with_text))
+        return texts, np.asarray(with_text, dtype=np.int64), [{"index": i, "id": ids[i]} for i in with_text]
+
+    def _missing(
+        self, req: RerankRequest, ids: list[DocId | None], unknown: np.ndarray, policy: str, where: str
+    ) -> list[dict[str, Any]]:
+        """Report the candidates that are neither in the index nor encoded, or raise under "error"."""
+        docs = req.documents
         positions = np.flatnonzero(unknown).tolist()
-        with_text = [i for i in positions if docs is not None and docs[i].text is not None]
-        if with_text and self.encoder is not None:
-            if len(with_text) > budget.left:
-                raise ApiError(
-                    422,
-                    f"{where}{len(with_text)} documents are not in the index and would need encoding; a request may "
-                    f"have at most {budget.limit} encoded ({budget.left} left; max_encode in /info). "
-                    f"Send index ids, or fewer texts.",
-                    "too_many_texts",
-                )
-            budget.left -= len(with_text)
-            assert docs is not None
-            scores[with_text] = self.encoder.score(q, [docs[i].text or "" for i in with_text], expansion)
-            unknown[with_text] = False
-            encoded = [{"index": i, "id": ids[i]} for i in with_text]
-            clock.lap("encode", len(with_text))
-            text_set = set(with_text)
-            positions = [i for i in positions if i not in text_set]
-        if not positions:
-            return [], encoded
-        has_text = set(with_text)
+        has_text = {i for i in positions if docs is not None and docs[i].text is not None}
         missing = [
             {"index": i, "id": ids[i], "reason": "no_model" if i in has_text else "not_in_index"} for i in positions
         ]
@@ -195,4 +209,4 @@ class Engine:
                 where + _unknown_message(shown, hint) + '. Send "missing": "skip" or "zero" to rank the others.',
                 "unknown_ids",
             )
-        return missing, encoded
+        return missing

@@ -112,13 +112,15 @@ def estimate_response_bytes(req: RerankRequest) -> int:
 
 
 def check_budget(
-    reqs: Sequence[RerankRequest], query_ids: Sequence[np.ndarray] | None, config: ServiceConfig
+    reqs: Sequence[RerankRequest], query_ids: Sequence[np.ndarray] | None, config: ServiceConfig,
+    query_encodes: int = 0,
 ) -> None:
     """Refuse, naming the limit, a request (its ``reqs``; a batch has several) that would exceed
     the budget. ``query_ids``: each query's token ids (``None``: only the checks that need no
     tokenization, which must pass before tokenizing). Texts to encode on the fly are bounded by
     ``max_encode`` (checked by the engine, which knows which documents are not in the index)
-    times ``max_text_chars``."""
+    times ``max_text_chars``. ``query_encodes``: query-encoder passes the request's scoring mode
+    needs (mlm/dense: a model forward per query and encoder)."""
     where = "this batch" if len(reqs) > 1 else "this request"
     if query_ids is None:
         candidates = sum(len(r) for r in reqs)
@@ -129,6 +131,10 @@ def check_budget(
         if chars > config.max_query_chars_total:
             raise _over(422, f"{where} has {chars} query characters; the limit is {config.max_query_chars_total} "
                              f"per request (max_query_chars_total)")
+        if query_encodes > config.max_query_encodes:
+            raise _over(422, f"{where} needs {query_encodes} query-encoder passes (its scoring mode encodes every "
+                             f"query); the limit is {config.max_query_encodes} per request (max_query_encodes): "
+                             f"send fewer queries per batch, or mode tokens")
         size = sum(estimate_response_bytes(r) for r in reqs)
         if size > config.max_response_bytes:
             raise _over(413, f"the response to {where} would be about {size} bytes; the limit is "

@@ -46,8 +46,8 @@ DocId = str | int
 # Cohere request fields we accept and ignore: there is one model per service, and passages are
 # truncated at 192 tokens as the index was built.
 _IGNORED = frozenset({"model", "max_tokens_per_doc", "max_chunks_per_doc"})
-_RERANK_FIELDS = frozenset({"query", "ids", "documents", "top_n", "return_documents", "missing"}) | _IGNORED
-_BATCH_FIELDS = frozenset({"queries", "top_n", "return_documents", "missing"}) | _IGNORED
+_RERANK_FIELDS = frozenset({"query", "ids", "documents", "top_n", "return_documents", "missing", "mode"}) | _IGNORED
+_BATCH_FIELDS = frozenset({"queries", "top_n", "return_documents", "missing", "mode"}) | _IGNORED
 _ITEM_FIELDS = frozenset({"id", "query", "ids", "documents", "top_n"})
 
 
@@ -79,6 +79,7 @@ class RerankRequest:
     missing: str | None = None  # None: the service's policy
     id: DocId | None = None  # a batch item's own id, echoed back
     int_ids: bool = False  # every entry of ids is a Python int (enables the fixed-width msgpack records)
+    mode: str | None = None  # scoring mode (tilde.rank.scoring); None: the service's
 
     def __len__(self) -> int:
         return len(self.ids) if self.ids is not None else len(self.documents or ())
@@ -88,6 +89,7 @@ class RerankRequest:
 class BatchRequest:
     queries: list[RerankRequest]
     missing: str | None = None
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class Ranked:
     encoded: list[dict[str, Any]]
     query_tokens: int
     feedback_terms: int = 0  # expansion tokens pseudo-relevance feedback added (0: off or none found)
+    mode: str = "tokens"  # the scoring mode (tilde.rank.scoring)
+    signals: tuple[str, ...] = ("tokens",)  # the signals that scored it
 
 
 def _fail(message: str) -> ApiError:
@@ -164,6 +168,15 @@ def _bool(value: Any, name: str) -> bool:
     if type(value) is not bool:
         raise _fail(f"{name} must be true or false, not {_type(value)}")
     return value
+
+
+def _mode(value: Any) -> str | None:
+    """A scoring mode name (checked against the index when the request is ranked)."""
+    if value is None:
+        return None
+    if type(value) is not str or not 1 <= len(value) <= 200:
+        raise _fail(f"mode must be tokens, mlm, dense, fused or fused:SIGNAL=WEIGHT,..., not {value!r}"[:200])
+    return _text(value, "mode")
 
 
 def _missing(value: Any) -> str | None:
@@ -269,6 +282,7 @@ def parse_rerank(body: Any, limits: Limits) -> RerankRequest:
         return_documents=_bool(body.get("return_documents"), "return_documents"),
         missing=_missing(body.get("missing")),
         int_ids=int_ids,
+        mode=_mode(body.get("mode")),
     )
 
 
@@ -277,9 +291,10 @@ class SearchRequest:
     query: str
     k: int  # first-stage depth
     top_n: int | None = None
+    mode: str | None = None
 
 
-_SEARCH_FIELDS = frozenset({"query", "k", "top_n"})
+_SEARCH_FIELDS = frozenset({"query", "k", "top_n", "mode"})
 DEFAULT_SEARCH_DEPTH = 1000
 
 
@@ -290,7 +305,7 @@ def parse_search(body: Any, limits: Limits) -> SearchRequest:
     k = body.get("k", DEFAULT_SEARCH_DEPTH)
     if type(k) is not int or not 1 <= k <= limits.max_documents:
         raise _fail(f"k (first-stage depth) must be an integer in 1..{limits.max_documents}, not {k!r}")
-    return SearchRequest(query=query, k=k, top_n=_top_n(body.get("top_n"), ""))
+    return SearchRequest(query=query, k=k, top_n=_top_n(body.get("top_n"), ""), mode=_mode(body.get("mode")))
 
 
 def parse_batch(body: Any, limits: Limits) -> BatchRequest:
@@ -314,7 +329,7 @@ def parse_batch(body: Any, limits: Limits) -> BatchRequest:
         item_top = _top_n(item.get("top_n"), where)
         items.append(RerankRequest(_query(item, limits, where), ids, docs, item_top if item_top is not None else top_n,
                                    return_documents, None, item_id, int_ids))
-    return BatchRequest(items, _missing(body.get("missing")))
+    return BatchRequest(items, _missing(body.get("missing")), _mode(body.get("mode")))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -66,7 +66,8 @@ class ServiceState:
                 t0 = time.perf_counter()
                 c = self.config
                 reranker = Reranker.load(
-                    c.index, tokenizer=c.tokenizer, missing=c.missing, feedback=feedback_arg(c.feedback)
+                    c.index, tokenizer=c.tokenizer, missing=c.missing, feedback=feedback_arg(c.feedback),
+                    scoring=c.mode,
                 )
                 reranker.warmup()
                 self.engine = Engine(reranker, None)
@@ -94,7 +95,7 @@ class ServiceState:
         assert self.engine is not None
         rr = self.engine.reranker
         enc = TextEncoder(self.config.model, rr.text, rr.index, threads=self.config.torch_threads,
-                          check=self.config.check_model)
+                          check=self.config.check_model, dense_model=self.config.dense_model)
         enc.warmup()
         self.encoder = enc
         self.engine = Engine(rr, enc)
@@ -132,6 +133,9 @@ class ServiceState:
             idx = self.engine.reranker.index
             fb = self.engine.reranker.feedback
             out["feedback"] = fb.to_dict() if fb is not None else None
+            out["scoring"] = {"mode": str(self.engine.reranker.scoring),
+                              "signals": list(self.engine.reranker.scoring.signals),
+                              "recommended": str(self.engine.reranker.recommended)}
             m = idx.manifest
             out["model"].update({"index_model": where(m.model), "index_model_sha256": m.model_sha256})
             out["index"] = {
@@ -146,6 +150,9 @@ class ServiceState:
                 "format_version": m.format_version,
                 "tilde_version": m.tilde_version,
                 "expansion": m.expansion,
+                "weighting": m.weighting,
+                "dense": None if m.dense is None else {k: m.dense.get(k) for k in ("dim", "codec", "model")},
+                "query_encoders": sorted((m.query_encoders or {}).keys()),
                 "open_seconds": self.load_seconds,
             }
         if expose_paths:

@@ -92,3 +92,86 @@ def require_reference() -> Path:
     if not (REFERENCE / "expanded.jsonl").is_file():
         pytest.skip(f"reference data not found at {REFERENCE}")
     return REFERENCE
+
+
+def make_mlm(folder: Path, seed: int = 0, vocab_dir: Path | None = None) -> Path:
+    """A tiny random ``BertForMaskedLM`` (a splade-tiny stand-in) with tokenizer files."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    if vocab_dir is None:
+        write_vocab(folder)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.txt", "tokenizer_config.json"):
+            (folder / name).write_bytes((vocab_dir / name).read_bytes())
+    vocab_size = len((folder / "vocab.txt").read_text("utf-8").splitlines())
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=256)
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(cfg)
+    with torch.no_grad():  # a spread of positive and negative logits, as a trained MLM has
+        model.cls.predictions.bias.normal_(0.0, 2.0)
+    model.save_pretrained(folder)
+    return folder
+
+
+def make_bi_encoder(folder: Path, seed: int = 1, vocab_dir: Path | None = None) -> Path:
+    """A tiny sentence-transformers folder: a random BertModel, mean pooling, Normalize."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    if vocab_dir is None:
+        write_vocab(folder)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.txt", "tokenizer_config.json"):
+            (folder / name).write_bytes((vocab_dir / name).read_bytes())
+    vocab_size = len((folder / "vocab.txt").read_text("utf-8").splitlines())
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=256)
+    torch.manual_seed(seed)
+    BertModel(cfg).save_pretrained(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 24, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}), encoding="utf-8")
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_mlm(tmp_path_factory.mktemp("tiny-mlm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_encoder(tmp_path_factory: pytest.TempPathFactory, tiny_mlm: Path) -> Path:
+    return make_bi_encoder(tmp_path_factory.mktemp("tiny-bi"), vocab_dir=tiny_mlm)
+
+
+@pytest.fixture(scope="session")
+def impact_index(tmp_path_factory: pytest.TempPathFactory, tiny_mlm: Path, tiny_bi_encoder: Path) -> Path:
+    """A one-pass impact index of a small collection, with dense vectors and query encoders."""
+    from tilde.index.impact import build_impact_index
+
+    root = tmp_path_factory.mktemp("impact")
+    rows = [
+        ("10", "the cat sat on the road"), ("3", "dogs run in the park and play ball"),
+        ("7", "how to read a book fast"), ("25", "fish swim in the river near the bank"),
+        ("1", "neural search models rank passages"), ("8", "money in the bank"),
+        ("40", "a big red car on a small road"), ("2", "the sun and the moon and the stars"),
+    ]
+    coll = root / "collection.tsv"
+    coll.write_text("".join(f"{pid}\t{text}\n" for pid, text in rows), encoding="utf-8")
+    build_impact_index(str(tiny_mlm), coll, root / "index", top_k=20, max_length=32, dense_model=str(tiny_bi_encoder),
+                       scoring={"mode": "fused", "weights": {"mlm": 0.5, "dense": 0.4, "first_stage": 0.1}},
+                       batch_size=3, chunk_batches=1, progress=False)
+    return root / "index"

@@ -172,4 +172,7 @@ def test_reference_build_end_to_end(tmp_path: Path) -> None:
             pooled[t] = max(pooled.get(t, -1.0), w)
         toks, ws = idx.postings(int(idx.lookup([row["pid"]])[0]))
         assert toks.tolist() == sorted(pooled), row["pid"]
-        assert ws.astype(np.float64).tolist() == [pooled[t] for t in sorted(pooled)], row["pid"]
+        # Model outputs: CPUs differ by an ulp (one float16 ulp is at most 2**-10 relative), so
+        # allow that; scores from stored weights are compared exactly elsewhere.
+        np.testing.assert_allclose(ws.astype(np.float64), [pooled[t] for t in sorted(pooled)], rtol=2**-10,
+                                   atol=2**-24, err_msg=row["pid"])

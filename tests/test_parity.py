@@ -38,7 +38,10 @@ def test_index_weights_equal_reference_max_pooled(ref_index: Path) -> None:
         r = int(idx.lookup([row["pid"]])[0])
         toks, ws = idx.postings(r)
         assert toks.tolist() == sorted(pooled), row["pid"]
-        assert ws.astype(np.float64).tolist() == [pooled[t] for t in sorted(pooled)], row["pid"]
+        # Model outputs: CPUs differ by an ulp (one float16 ulp is at most 2**-10 relative), so
+        # allow that; scores from stored weights are compared exactly elsewhere.
+        np.testing.assert_allclose(ws.astype(np.float64), [pooled[t] for t in sorted(pooled)], rtol=2**-10,
+                                   atol=2**-24, err_msg=row["pid"])
 
 
 def test_rerank_equals_reference_run(ref_index: Path) -> None:

@@ -130,6 +130,7 @@ SURROGATE_BODIES = [
     ("/v1/rerank", f'{{"query": "plate", "documents": [{{"id": 10, "text": "a{S}"}}]}}', "documents[0].text"),
     ("/v1/rerank", f'{{"query": "plate", "ids": [10], "{S}": 1}}', "unknown field"),
     ("/v1/rerank", f'{{"query": "plate", "ids": [10], "missing": "{S}"}}', "missing"),
+    ("/v1/rerank", f'{{"query": "plate", "ids": [10], "mode": "{S}"}}', "mode"),
     ("/v1/rerank/batch", f'{{"queries": [{{"query": "{S}", "ids": [10]}}]}}', "queries[0].query"),
     ("/v1/rerank/batch", f'{{"queries": [{{"id": "{S}", "query": "a", "ids": [10]}}]}}', "queries[0].id"),
     ("/v1/rerank/batch", f'{{"queries": [{{"query": "a", "ids": ["{S}"]}}]}}', "queries[0].ids[0]"),
@@ -205,6 +206,19 @@ def test_budget_refuses_before_scoring(index_dir: Path, monkeypatch: pytest.Monk
     assert post_raw(client, json.dumps({"query": "apple", "ids": ["x" * 400, "y" * 400], "top_n": 1,
                                         "missing": "zero"})).status_code \
         == 200
+
+
+def test_query_encoder_passes_are_budgeted(index_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(ServiceConfig(index=str(index_dir), max_query_encodes=2))
+    engine = get_state(app).engine
+    assert engine is not None
+    assert engine.query_encodes(None) == 0 and engine.query_encodes("no-such-mode") == 0  # token scoring
+    monkeypatch.setattr(engine, "query_encodes", lambda mode: 1)  # as a dense or mlm mode would
+    client = app.test_client()
+    item = {"query": "apple", "ids": [10]}
+    assert post_raw(client, json.dumps({"queries": [item] * 2}), "/v1/rerank/batch").status_code == 200
+    msg = error_of(post_raw(client, json.dumps({"queries": [item] * 3}), "/v1/rerank/batch"), 422, "over_budget")
+    assert "max_query_encodes" in msg
 
 
 def test_deadline_is_a_json_503(index_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

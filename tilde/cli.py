@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("tilde.commands.serve", "serve the REST re-ranking API (gunicorn; JSON and msgpack)"),
     "train": ("tilde.commands.train", "train a TILDEv2 model: supervised, distill (SPLADE teacher), tokens, prepare"),
     "bm25": ("tilde.commands.bm25", "BM25 first stage: bm25 index | bm25 search (embedded, or Lucene via Anserini)"),
+    "export": ("tilde.commands.export", "export anserini | opensearch; export search (the impact first stage)"),
 }
 
 # `tilde index merge ...` reads better than `tilde index-merge ...`; both work.

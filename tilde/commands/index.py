@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tilde.commands._impact import add_impact_arguments, impact_settings, wants_impact
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="TILDEv2 checkpoint: local directory or Hugging Face hub id (default: the embedded "
-                        "tildev2-splade-tiny)")
+                   help="TILDEv2 checkpoint (local directory or Hugging Face hub id), or a masked LM such as "
+                        "splade-tiny for an impact index; default: the default recipe (splade-tiny impact "
+                        "weights + all-MiniLM-L6-v2 vectors, fused scoring)")
     p.add_argument("--collection", required=True,
                    help="pid<TAB>text TSV, or JSONL (expansion output, Pyserini, BEIR); .gz ok")
     p.add_argument("--output", required=True, help="index directory to write")
@@ -22,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="build shard i of n (contiguous slice); merge with `tilde index merge`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index or unfinished build")
     p.add_argument("--no-progress", action="store_true")
+    add_impact_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,6 +35,17 @@ def main(args: argparse.Namespace) -> int:
     from tilde.models import resolve_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if wants_impact(args.model):
+        from tilde.index.impact import build_impact_index
+
+        settings = impact_settings(args, _stderr)
+        summary = build_impact_index(
+            settings.pop("model"), args.collection, args.output, **settings, tokenizer=args.tokenizer,
+            batch_size=args.batch_size, chunk_batches=args.chunk_batches, shard=parse_shard(args.shard),
+            device=device, weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress,
+        )
+        print(summary.format())
+        return 0
     summary = build_index(
         resolve_model(args.model, announce=_stderr),
         args.collection,

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", default="tilde")
     p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
                    "the index's model recommends), off, or DOCS,TERMS,WEIGHT (e.g. 5,30,0.5)")
+    p.add_argument("--mode", default="index", help="scoring mode: index (default: what the index recommends), "
+                   "tokens, mlm, dense, fused, or fused:mlm=0.3,dense=0.6,first_stage=0.1 "
+                   "(first_stage: the run's scores)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -35,9 +38,15 @@ def main(args: argparse.Namespace) -> int:
         feedback = feedback_arg(args.feedback)
     except ValueError as exc:
         raise CommandError(f"--feedback: {exc}") from None
-    reranker = Reranker.load(
-        args.index, tokenizer=args.tokenizer, missing=args.missing, recorder=recorder, feedback=feedback
-    )
+    try:
+        reranker = Reranker.load(
+            args.index, tokenizer=args.tokenizer, missing=args.missing, recorder=recorder, feedback=feedback,
+            scoring=args.mode,
+        )
+    except ValueError as exc:
+        raise CommandError(f"{exc}") from None
+    print(f"scoring mode: {reranker.scoring}" + (" (as the index recommends; --mode to change)" if args.mode == "index"
+                                                 else ""), file=sys.stderr)
     fb = reranker.feedback
     print(
         f"scoring: TILDEv2 + pseudo-relevance feedback ({fb.docs} passages, {fb.terms} terms, weight {fb.weight:g}; "
@@ -55,10 +64,11 @@ def main(args: argparse.Namespace) -> int:
     per_query: list[float] = []
     n_missing = 0
     for qid, entries in run.items():
-        cands = [e.docid for e in (entries if args.depth is None else entries[: args.depth])]
+        top = entries if args.depth is None else entries[: args.depth]
+        cands = [e.docid for e in top]
         t0 = time.perf_counter()
         try:
-            res = reranker.rerank(queries[qid], cands, top_n=args.top_n)
+            res = reranker.rerank(queries[qid], cands, top_n=args.top_n, first_stage=[e.score for e in top])
         except UnknownDocidError as exc:
             raise CommandError(f"query {qid}: {exc} (use --missing skip|zero to continue)") from None
         per_query.append((time.perf_counter() - t0) * 1e3)

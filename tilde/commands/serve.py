@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default policy for candidates not in the index (default error: 422)")
     p.add_argument("--feedback", help="query-time pseudo-relevance feedback: index (default: what the index's model "
                    "recommends), off, or DOCS,TERMS,WEIGHT (env TILDE_FEEDBACK)")
+    p.add_argument("--mode", help="scoring mode: index (default: what the index recommends), tokens, mlm, dense, "
+                   "fused, fused:mlm=0.3,dense=0.6,... (env TILDE_MODE); a request may pass its own \"mode\"")
+    p.add_argument("--dense-model", help="impact indexes with vectors: the bi-encoder for texts encoded on the fly "
+                   "(env TILDE_DENSE_MODEL; default: the one the index was built with, when found)")
     p.add_argument("--max-documents", type=int, help="candidates per query (default 10000)")
     p.add_argument("--max-batch-queries", type=int, help="queries per batch request (default 256)")
     p.add_argument("--max-encode", type=int, help="texts encoded on the fly per request (default 32)")
@@ -93,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
 
     service = from_env(
         ServiceConfig, index=args.index, model=args.model, tokenizer=args.tokenizer, bm25=args.bm25,
-        missing=args.missing, feedback=args.feedback,
+        missing=args.missing, feedback=args.feedback, mode=args.mode, dense_model=args.dense_model,
         max_documents=args.max_documents, max_batch_queries=args.max_batch_queries, max_encode=args.max_encode,
         max_body_bytes=args.max_body_bytes, meter=args.meter, max_candidates=args.max_candidates,
         max_work=args.max_work, max_response_bytes=args.max_response_bytes, deadline=args.deadline,
@@ -118,6 +122,18 @@ def main(args: argparse.Namespace) -> int:
     manifest = TildeIndex.open(service.index).manifest  # O(1) checks: a bad index stops here, also without preload
     if service.model == "none":
         service = dataclasses.replace(service, model=None)
+    elif service.model is None and manifest.weighting == "impact":
+        # An impact index gets its own MLM (and bi-encoder) for on-the-fly encoding, when found here.
+        from service.encoder import index_models
+
+        mlm, dense = index_models(TildeIndex.open(service.index))
+        if mlm is not None and (dense is not None or manifest.dense is None):
+            service = dataclasses.replace(service, model=mlm, dense_model=service.dense_model or dense)
+            print(f"tilde serve: texts not in the index are encoded as the index was: impact weights from {mlm}"
+                  + (f", vectors from {dense}" if dense else "") + " (--model none turns this off)", file=sys.stderr)
+        else:
+            print("tilde serve: the index's encoders were not found on this machine: texts not in the index follow "
+                  "--missing (pass --model / --dense-model to encode them)", file=sys.stderr)
     elif service.model is None:
         # An index built with the embedded default model gets it for on-the-fly encoding too.
         from tilde.models import DEFAULT_MODEL, default_model_path

@@ -11,8 +11,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from tilde.text import TextProcessor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BuildSummary", "build_index", "expansion_meta_path", "parse_shard"]
+__all__ = ["BuildJob", "BuildSummary", "build_index", "expansion_meta_path", "parse_shard", "run_build", "stop_id_mask"]
 
 
 def expansion_meta_path(collection: str | os.PathLike[str]) -> Path:
@@ -134,6 +134,72 @@ def build_index(
     from tilde.models import resolve_model
 
     model = resolve_model(model)
+    text = TextProcessor.load(tokenizer if tokenizer is not None else model)
+    net = load_model(model, device=device)
+    model_sha = weights_hash(net)
+    cls_id, sep_id, pad_id = text.special_id("[CLS]"), text.special_id("[SEP]"), text.special_id("[PAD]")
+    stop_mask = stop_id_mask(text)
+
+    def encode_batch(batch: list[Passage], where: str) -> tuple[list[Postings], np.ndarray | None]:
+        inputs = [passage_input_ids(_passage_ids(p, text, text.vocab_size, where), cls_id, sep_id) for p in batch]
+        with torch.inference_mode():
+            weights = encode(net, inputs, pad_id=pad_id)
+        return [pool_postings(np.asarray(ids), w, stop_mask) for ids, w in zip(inputs, weights)], None
+
+    manifest = Manifest(
+        vocab_size=text.vocab_size,
+        vocab_sha256=text.vocab_hash,
+        model=str(model),
+        model_sha256=model_sha,
+        max_passage_tokens=MAX_PASSAGE_TOKENS,
+        feedback=model_feedback(net.config, where=str(model)),
+    )
+    job = BuildJob(encode_batch, {"model_sha256": model_sha, "max_passage_tokens": MAX_PASSAGE_TOKENS}, manifest)
+    return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
+                     shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
+                     recorder=recorder, stop_after_chunks=stop_after_chunks)
+
+
+Postings = tuple[np.ndarray, np.ndarray]
+
+
+def stop_id_mask(text: TextProcessor) -> np.ndarray:
+    """True for the ids an index never stores: the reference stop ids (special tokens included)."""
+    mask = np.zeros(text.vocab_size, dtype=np.bool_)
+    mask[text.stop_ids] = True
+    return mask
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """What a build encodes with: ``encode(batch, where)`` turns passages into postings (and,
+    optionally, dense vectors [batch, dim]); ``identity`` is what determines that output (a
+    resumed build must match it); ``manifest`` carries the identity fields of the result.
+    ``before_finalize(output)`` writes extra files (query encoders) before the manifest."""
+
+    encode: Callable[[list[Passage], str], tuple[list[Postings], np.ndarray | None]]
+    identity: Mapping[str, Any]
+    manifest: Manifest
+    before_finalize: Callable[[Path], Mapping[str, Any]] | None = None
+    dense_codec: str = "fp16"
+
+
+def run_build(
+    job: BuildJob,
+    text: TextProcessor,
+    collection: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    batch_size: int = 32,
+    chunk_batches: int = 64,
+    shard: tuple[int, int] = (0, 1),
+    weight_dtype: str = "float16",
+    overwrite: bool = False,
+    progress: bool = True,
+    recorder: Recorder | None = None,
+    stop_after_chunks: int | None = None,
+) -> BuildSummary:
+    """The resumable, shardable, metered chunk loop shared by every kind of index build."""
     if batch_size < 1 or chunk_batches < 1:
         raise ValueError("batch size and chunk size must be positive")
     if weight_dtype not in ("float16", "uint8"):
@@ -152,7 +218,6 @@ def build_index(
     recorder = recorder or Recorder(default_meter(scope="process"), keep=False)
     started = time.perf_counter()
     joules0 = recorder.meter.read()
-    text = TextProcessor.load(tokenizer if tokenizer is not None else model)
     meta_path = expansion_meta_path(coll)
     expansion = json.loads(meta_path.read_text("utf-8")) if meta_path.is_file() else None
     if expansion and expansion.get("vocab_sha256") not in (None, text.vocab_hash):
@@ -161,11 +226,6 @@ def build_index(
             f"{str(expansion['vocab_sha256'])[:12]}, the tokenizer has {text.vocab_hash[:12]}): "
             f"its token ids would mean other words. Expand again with this model's tokenizer."
         )
-    net = load_model(model, device=device)
-    model_sha = weights_hash(net)
-    cls_id, sep_id, pad_id = text.special_id("[CLS]"), text.special_id("[SEP]"), text.special_id("[PAD]")
-    stop_mask = np.zeros(text.vocab_size, dtype=np.bool_)
-    stop_mask[text.stop_ids] = True
 
     total = count_lines(coll)
     i, n = shard
@@ -173,12 +233,11 @@ def build_index(
     chunk_size = batch_size * chunk_batches
     identity = {
         **collection_identity(coll),
-        "model_sha256": model_sha,
+        **job.identity,
         "vocab_sha256": text.vocab_hash,
         "shard": [i, n],
         "batch_size": batch_size,
         "chunk_size": chunk_size,
-        "max_passage_tokens": MAX_PASSAGE_TOKENS,
     }
     store = ChunkStore(out, identity)
     done_chunks = store.completed()
@@ -194,21 +253,27 @@ def build_index(
 
     k = done_chunks
     buf_ids: list[str] = []
-    buf_post: list[tuple[np.ndarray, np.ndarray]] = []
+    buf_post: list[Postings] = []
+    buf_dense: list[np.ndarray] = []
     batch: list[Passage] = []
     written_chunks = 0
 
     def flush_batch() -> None:
-        inputs = [passage_input_ids(_passage_ids(p, text, text.vocab_size, str(coll)), cls_id, sep_id) for p in batch]
-        with recorder.measure("encode", items=len(batch)), torch.inference_mode():
-            weights = encode(net, inputs, pad_id=pad_id)
-        for p, ids, w in zip(batch, inputs, weights):
-            toks, ws = pool_postings(np.asarray(ids), w, stop_mask)
-            buf_ids.append(p.pid)
-            buf_post.append((toks, ws))
+        with recorder.measure("encode", items=len(batch)):
+            postings, dense = job.encode(batch, str(coll))
+        buf_ids.extend(p.pid for p in batch)
+        buf_post.extend(postings)
+        if dense is not None:
+            buf_dense.append(dense)
         if bar is not None:
             bar.update(len(batch))
         batch.clear()
+
+    def write_chunk() -> None:
+        store.write(k, buf_ids, buf_post, dense=np.concatenate(buf_dense) if buf_dense else None)
+        buf_ids.clear()
+        buf_post.clear()
+        buf_dense.clear()
 
     try:
         for p in passages():
@@ -216,32 +281,28 @@ def build_index(
             if len(batch) == batch_size:
                 flush_batch()
                 if len(buf_ids) == chunk_size:
-                    store.write(k, buf_ids, buf_post)
+                    write_chunk()
                     k += 1
                     written_chunks += 1
-                    buf_ids.clear()
-                    buf_post.clear()
                     if stop_after_chunks is not None and written_chunks >= stop_after_chunks:
                         raise KeyboardInterrupt("stopped after the requested number of chunks")
         if batch:
             flush_batch()
         if buf_ids:
-            store.write(k, buf_ids, buf_post)
+            write_chunk()
     finally:
         if bar is not None:
             bar.close()
 
-    manifest = Manifest(
-        vocab_size=text.vocab_size,
-        vocab_sha256=text.vocab_hash,
-        model=str(model),
-        model_sha256=model_sha,
-        max_passage_tokens=MAX_PASSAGE_TOKENS,
-        expansion=expansion,
-        feedback=model_feedback(net.config, where=str(model)),
+    extra_fields: Mapping[str, Any] = job.before_finalize(out) if job.before_finalize is not None else {}
+    manifest = replace(
+        job.manifest,
+        expansion=expansion if job.manifest.expansion is None else job.manifest.expansion,
         shard={"index": i, "count": n, "start": start, "stop": stop, "total": total} if n > 1 else None,
+        **extra_fields,
     )
-    final = finalize(store.chunks(), out, manifest, weight_dtype=weight_dtype, tokenizer=text.tokenizer)
+    final = finalize(store.chunks(), out, manifest, weight_dtype=weight_dtype, tokenizer=text.tokenizer,
+                     dense_codec=job.dense_codec)
     store.remove()
     seconds = time.perf_counter() - started
     offsets = np.load(out / "offsets.npy", mmap_mode="r")

@@ -12,6 +12,10 @@ An index is a directory::
     docids_sorted.npy    (only when docids are not ascending) the ids sorted ...
     docids_order.npy     ... and the row of each sorted id (int64), for searchsorted lookups
     tokenizer.json       the tokenizer the weights were computed with (queries must use it)
+    dense.faiss          (optional) one bi-encoder vector per row, a faiss scalar-quantiser index
+                         (tilde.index.dense; manifest ``dense``)
+    query/mlm/, query/dense/   (optional) the ONNX query encoders the scoring modes need
+                         (tilde.encoders; manifest ``query_encoders``)
 
 The manifest is written last: a directory without one is an unfinished build, never an index.
 """
@@ -83,6 +87,16 @@ class Manifest:
     # Query-time pseudo-relevance feedback the model recommends ({"docs", "terms", "weight"}, from
     # ``tilde_feedback`` in its config; tilde.rank.feedback). None: plain TILDEv2 scoring.
     feedback: Mapping[str, Any] | None = None
+    # What the stored weights are: "tildev2" (ReLU(tok_proj) of a TILDEv2 model; the reference)
+    # or "impact" (an MLM's own max-pooled log(1 + ReLU(logit)), written in the expansion pass;
+    # ``impact`` then records its settings: model, top_k, max_length).
+    weighting: str = "tildev2"
+    impact: Mapping[str, Any] | None = None
+    dense: Mapping[str, Any] | None = None  # tilde.index.dense: file, dim, codec, model, ...
+    # {"mlm": {"path", "sha256", ...}, "dense": {...}}: encoders shipped inside the index directory.
+    query_encoders: Mapping[str, Any] | None = None
+    # The scoring the index recommends (tilde.rank.scoring.Scoring.to_dict); None: plain tokens.
+    scoring: Mapping[str, Any] | None = None
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -115,6 +129,8 @@ class Manifest:
             raise IndexFormatError(f"{where}: unsupported dtypes {manifest.token_dtype}/{manifest.weight_dtype}")
         if manifest.weight_dtype == "uint8" and not manifest.weight_scale:
             raise IndexFormatError(f"{where}: uint8 weights without a scale")
+        if manifest.weighting not in ("tildev2", "impact"):
+            raise IndexFormatError(f"{where}: unknown weighting {manifest.weighting!r}")
         if manifest.docid_kind not in ("int", "str", "range"):
             raise IndexFormatError(f"{where}: unknown docid kind {manifest.docid_kind!r}")
         return manifest

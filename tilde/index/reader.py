@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from tilde.index.dense import DenseVectors
 from tilde.index.format import (
     DOCIDS,
     DOCIDS_ORDER,
@@ -110,6 +111,24 @@ class TildeIndex:
     @cached_property
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER
+
+    @cached_property
+    def dense(self) -> DenseVectors | None:
+        """The dense part (tilde.index.dense), or None when the index has none. Opened on first
+        use, so indexes without one, and modes that do not need it, pay nothing."""
+        if self.manifest.dense is None:
+            return None
+        return DenseVectors.open(self.path, self.manifest.dense, len(self))
+
+    def query_encoder_dir(self, kind: str) -> Path | None:
+        """The folder of the index's ``kind`` ("mlm" or "dense") query encoder, or None."""
+        enc = (self.manifest.query_encoders or {}).get(kind)
+        if not enc:
+            return None
+        rel = Path(str(enc.get("path", "")))
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise IndexFormatError(f"{self.path}: manifest query encoder path {str(rel)!r} must lie inside the index")
+        return self.path / rel
 
     def to_keys(self, docids: Sequence[str | int]) -> tuple[np.ndarray, np.ndarray]:
         """Convert external ids to the index's key dtype. Returns (keys, convertible mask); an id

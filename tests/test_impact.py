@@ -1,0 +1,219 @@
+"""The one-pass impact index and the scoring modes over it (tokens, mlm, dense, fused), each
+against a plain-Python definition, on tiny models built from a BertConfig."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tilde.index.format import IndexFormatError
+from tilde.index.reader import TildeIndex
+from tilde.rank import Reranker
+from tilde.rank.fusion import minmax
+from tilde.text import TextProcessor, expansion_bad_ids
+
+PIDS = ["10", "3", "7", "25", "1", "8", "40", "2"]
+QUERIES = ["the cat on the road", "fish in the river bank", "read a book", "big red dogs dogs", "sun moon stars"]
+
+
+def naive_impact(model_dir: Path, passage: str, top_k: int, max_length: int) -> dict[int, float]:
+    """The definition, computed the slow way: full MLM logits at every position."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    text = TextProcessor.load(model_dir)
+    model = BertForMaskedLM.from_pretrained(model_dir).eval()
+    cls, sep, pad = text.special_id("[CLS]"), text.special_id("[SEP]"), text.special_id("[PAD]")
+    ids = text.token_ids(passage).tolist()
+    row = [cls, *ids[: max_length - 2], sep]
+    padded = row + [pad] * (max_length - len(row))
+    mask = [1] * len(row) + [0] * (max_length - len(row))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([padded]), attention_mask=torch.tensor([mask])).logits[0]
+    best = logits[: len(row)].max(dim=0).values.double().numpy()
+    weight = np.log1p(np.maximum(best, 0.0))
+    stop = set(text.stop_ids.tolist())
+    excluded = set(padded) | set(expansion_bad_ids(text.vocab).tolist())
+    order = np.argsort(-best, kind="stable")[:top_k]
+    expansion = {int(t) for t in order if best[t] > 0 and int(t) not in excluded}
+    own = {t for t in row[1:-1] if t not in stop}
+    out = {}
+    for t in own | expansion:
+        w16 = float(np.float16(weight[t]))
+        if w16 > 0:
+            out[t] = w16
+    return out
+
+
+def test_impact_weights_equal_the_naive_definition(impact_index: Path, tiny_mlm: Path) -> None:
+    idx = TildeIndex.open(impact_index)
+    m = idx.manifest
+    assert m.weighting == "impact" and m.impact is not None and m.impact["top_k"] == 20
+    collection = dict(line.split("\t") for line in (impact_index.parent / "collection.tsv").read_text().splitlines())
+    for row, pid in enumerate(PIDS):
+        toks, ws = idx.postings(row)
+        got = dict(zip(toks.tolist(), ws.tolist()))
+        want = naive_impact(tiny_mlm, collection[pid], top_k=20, max_length=32)
+        # Model outputs: float tolerance (CPUs differ by an ulp); a weight at the edge of 0 may
+        # appear on one side only, so compare over the union.
+        for t in set(got) | set(want):
+            assert got.get(t, 0.0) == pytest.approx(want.get(t, 0.0), abs=2e-3), (pid, t)
+        assert len(set(got) ^ set(want)) <= 1
+
+
+def _scores(res: object) -> dict[str, float]:
+    return {d.docid: d.score for d in res.results}  # type: ignore[attr-defined]
+
+
+def test_tokens_mode_is_the_tildev2_sum(impact_index: Path) -> None:
+    rr = Reranker.load(impact_index, scoring="tokens")
+    idx = rr.index
+    for q in QUERIES:
+        res = rr.rerank(q, PIDS)
+        assert res.mode == "tokens" and res.signals == ("tokens",)
+        qids = rr.text.query_ids(q).tolist()  # repeats count
+        for row, pid in enumerate(PIDS):
+            toks, ws = idx.postings(row)
+            table = dict(zip(toks.tolist(), ws.tolist()))
+            assert _scores(res)[pid] == sum(table.get(t, 0.0) for t in qids)  # exact: stored weights
+
+
+def test_mlm_mode_is_q_dot_d_over_stored_tokens(impact_index: Path) -> None:
+    rr = Reranker.load(impact_index, scoring="mlm")
+    enc = rr.encoder("mlm")
+    for q in QUERIES:
+        qi, qw = enc.encode(q)
+        qv = dict(zip(np.asarray(qi).tolist(), np.asarray(qw, dtype=np.float64).tolist()))
+        res = rr.rerank(q, PIDS)
+        assert res.signals == ("mlm",)
+        for row, pid in enumerate(PIDS):
+            toks, ws = rr.index.postings(row)
+            want = sum(qv.get(t, 0.0) * float(w) for t, w in zip(toks.tolist(), ws.tolist()))
+            assert _scores(res)[pid] == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_mlm_query_encoder_matches_torch(impact_index: Path, tiny_mlm: Path) -> None:
+    """The ONNX query encoder shipped in the index equals the torch MLM (float tolerance)."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    rr = Reranker.load(impact_index, scoring="mlm")
+    enc = rr.encoder("mlm")
+    model = BertForMaskedLM.from_pretrained(tiny_mlm).eval()
+    for q in QUERIES:
+        ids = enc.input_ids(q)
+        with torch.no_grad():
+            mask = torch.ones(1, len(ids), dtype=torch.long)
+            logits = model(input_ids=torch.tensor([ids]), attention_mask=mask).logits
+        want = torch.log1p(torch.relu(logits[0].max(dim=0).values)).numpy()
+        got = np.zeros_like(want)
+        qi, qw = enc.encode(q)
+        got[np.asarray(qi)] = qw
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_dense_mode_equals_numpy_on_the_stored_vectors(impact_index: Path) -> None:
+    rr = Reranker.load(impact_index, scoring="dense")
+    dense = rr.index.dense
+    assert dense is not None and dense.codec == "fp16" and len(dense) == len(PIDS)
+    enc = rr.encoder("dense")
+    import faiss  # the reference reading of the stored vectors: faiss itself
+
+    fx = faiss.read_index(str(impact_index / "dense.faiss"))
+    vectors = fx.reconstruct_n(0, fx.ntotal)
+    for q in QUERIES:
+        v = enc.encode(q)
+        res = rr.rerank(q, PIDS)
+        for row, pid in enumerate(PIDS):
+            assert _scores(res)[pid] == pytest.approx(float(vectors[row] @ v), abs=1e-6)
+
+
+def test_fused_mode_follows_its_definition(impact_index: Path) -> None:
+    rr = Reranker.load(impact_index)  # the index recommends fused scoring
+    assert rr.scoring.mode == "fused"
+    cands = PIDS[::-1] + ["unknown"]
+    first = np.arange(len(cands), dtype=np.float64)[::-1] * 1.5
+    mlm = rr.with_scoring("mlm")
+    dense = rr.with_scoring("dense")
+    for q in QUERIES:
+        res = rr.rerank(q, cands, missing="zero", first_stage=first)
+        assert set(res.signals) == {"mlm", "dense", "first_stage"}
+        known = np.array([c != "unknown" for c in cands])
+        s_m = np.zeros(len(cands))
+        s_d = np.zeros(len(cands))
+        for i, c in enumerate(cands):
+            if c != "unknown":
+                s_m[i] = _scores(mlm.rerank(q, [c]))[c]
+                s_d[i] = _scores(dense.rerank(q, [c]))[c]
+        want = (0.5 * minmax(s_m, known) + 0.4 * minmax(s_d, known) + 0.1 * minmax(first, known)) / 1.0
+        want[~known] = 0.0
+        got = _scores(res)
+        for i, c in enumerate(cands):
+            if c != "unknown":
+                assert got[c] == pytest.approx(want[i], abs=1e-9)
+        # without first-stage scores, that weight drops out and the rest are renormalised
+        res2 = rr.rerank(q, PIDS)
+        assert set(res2.signals) == {"mlm", "dense"}
+        assert max(d.score for d in res2.results) <= 1.0 + 1e-12
+
+
+def test_text_encoded_on_the_fly_scores_like_its_indexed_copy(impact_index: Path, tiny_mlm: Path,
+                                                              tiny_bi_encoder: Path) -> None:
+    from service.encoder import TextEncoder
+
+    rr = Reranker.load(impact_index)
+    collection = dict(line.split("\t") for line in (impact_index.parent / "collection.tsv").read_text().splitlines())
+    enc = TextEncoder(str(tiny_mlm), rr.text, rr.index, dense_model=str(tiny_bi_encoder))
+    texts = enc.encode([collection[p] for p in PIDS])
+    rows = rr.index.lookup(PIDS)
+    none = np.full(len(PIDS), -1, dtype=np.int64)
+    positions = np.arange(len(PIDS))
+    for mode in ("tokens", "mlm", "dense", "fused"):
+        for q in QUERIES:
+            indexed = rr.score(q, rows, mode=mode)
+            encoded = rr.score(q, none, mode=mode, texts=texts, text_positions=positions)
+            if mode in ("tokens", "mlm"):  # same stored weights, same kernel: exact
+                np.testing.assert_array_equal(encoded.scores, indexed.scores)
+            else:  # the bi-encoder's float output, quantised as the index stores it
+                np.testing.assert_allclose(encoded.scores, indexed.scores, atol=2e-3)
+
+
+def test_modes_need_their_parts(tmp_path: Path, tiny_mlm: Path) -> None:
+    from tilde.index.impact import build_impact_index
+
+    coll = tmp_path / "c.tsv"
+    coll.write_text("1\tthe cat sat\n2\tdogs run fast\n", encoding="utf-8")
+    build_impact_index(str(tiny_mlm), coll, tmp_path / "idx", top_k=10, max_length=16, query_encoders=False,
+                       progress=False)
+    m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert m["dense"] is None and m["query_encoders"] is None and m["scoring"] is None
+    rr = Reranker.load(tmp_path / "idx")
+    assert rr.scoring.mode == "tokens"
+    assert [d.docid for d in rr.rerank("cat", ["1", "2"]).results][0] == "1"
+    with pytest.raises(IndexFormatError, match="no mlm query encoder"):
+        rr.rerank("cat", ["1", "2"], mode="mlm")
+    with pytest.raises(IndexFormatError, match="no dense vectors"):
+        rr.rerank("cat", ["1", "2"], mode="dense")
+    with pytest.raises(IndexFormatError, match="no (mlm query encoder|dense vectors)"):
+        Reranker.load(tmp_path / "idx", scoring="fused:mlm=0.5,dense=0.5").rerank("cat", ["1"])
+    with pytest.raises(ValueError, match="fused"):
+        Reranker.load(tmp_path / "idx", scoring="fused")  # nothing recommended to take weights from
+
+
+def test_impact_build_resumes_to_the_same_bytes(tmp_path: Path, tiny_mlm: Path, tiny_bi_encoder: Path) -> None:
+    from tilde.index.impact import build_impact_index
+
+    coll = tmp_path / "c.tsv"
+    coll.write_text("".join(f"{i}\tthe cat number {i} sat on {i % 3} roads\n" for i in range(9)), encoding="utf-8")
+    kw = dict(top_k=10, max_length=16, dense_model=str(tiny_bi_encoder), query_encoders=False, batch_size=2,
+              chunk_batches=1, progress=False)
+    build_impact_index(str(tiny_mlm), coll, tmp_path / "a", **kw)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        build_impact_index(str(tiny_mlm), coll, tmp_path / "b", stop_after_chunks=2, **kw)  # type: ignore[arg-type]
+    summary = build_impact_index(str(tiny_mlm), coll, tmp_path / "b", **kw)  # type: ignore[arg-type]
+    assert summary.resumed_from == 4
+    for name in ("offsets.npy", "tokens.npy", "weights.npy", "dense.faiss"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -1,0 +1,183 @@
+"""The one-pass impact build: an MLM (splade-tiny) expands a passage and weighs every stored
+token in the same forward pass, optionally with a bi-encoder's passage vector beside it.
+
+For a passage encoded ``[CLS] passage [SEP]`` (truncated to ``max_length``, padded to exactly it,
+as :class:`tilde.expand.base.Expander` does), the weight of vocabulary id ``v`` is SPLADE's
+``max over positions of log(1 + ReLU(logit[pos, v]))``. A row stores:
+
+- the passage's own tokens (stop ids and special tokens dropped, as a TILDEv2 index does), and
+- its expansion: the ``top_k`` best-scoring ids (counted before filtering, as the reference's
+  ``--topk``), minus ids already in the model input and the reference "bad ids",
+
+each with that weight, cast to float16; ids whose weight is 0 (or rounds to 0) are not stored.
+There is no second encoder pass: the weights *are* the expander's scores. The manifest says so
+(``weighting: "impact"``) and records the settings (``impact``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tilde.index.build import BuildJob, BuildSummary, Postings, _passage_ids, run_build, stop_id_mask
+from tilde.index.format import Manifest
+from tilde.io import Passage
+from tilde.metering import Recorder
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_IMPACT_TOP_K", "build_impact_index", "impact_postings"]
+
+DEFAULT_IMPACT_TOP_K = 200
+
+
+def impact_postings(expander: Any, passages: Sequence[Sequence[int]], stop_mask: np.ndarray) -> list[Postings]:
+    """Per passage (WordPiece ids without special tokens): sorted stored ids (uint32) and their
+    float16 impact weights, from one forward pass of ``expander`` (a :class:`MlmExpander`)."""
+    import torch
+
+    if not passages:
+        return []
+    rows = [expander.input_ids(p) for p in passages]
+    length = expander.max_length
+    input_ids = torch.full((len(rows), length), expander.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for r, row in enumerate(rows):
+        input_ids[r, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[r, : len(row)] = 1
+    with torch.inference_mode():
+        best, _ = expander.score(input_ids.to(expander.device), mask.to(expander.device))
+        best = best.float()
+        values, top = torch.topk(best, expander.top_k, dim=1)
+        excluded = expander._bad.unsqueeze(0).repeat(len(rows), 1)
+        excluded.scatter_(1, input_ids.to(expander.device), True)
+        keep = ~excluded.gather(1, top) & (values > 0)
+        weights = torch.log1p(torch.relu(best)).cpu().numpy()
+    top_np, keep_np = top.cpu().numpy(), keep.cpu().numpy()
+    out: list[Postings] = []
+    for r, row in enumerate(rows):
+        own = np.asarray(row[1:-1], dtype=np.int64)
+        own = np.unique(own[~stop_mask[own]])
+        ids = np.union1d(own, top_np[r][keep_np[r]].astype(np.int64))
+        w16 = weights[r][ids].astype(np.float16)
+        nz = w16 > 0
+        out.append((ids[nz].astype(np.uint32), w16[nz]))
+    return out
+
+
+def _encoder_meta(folder: Path) -> dict[str, Any]:
+    import hashlib
+    import json
+
+    meta_path = folder / "encoder.json"
+    meta = json.loads(meta_path.read_text("utf-8")) if meta_path.is_file() else {}
+    h = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    return {"kind": meta.get("kind"), "sha256": h}
+
+
+def build_impact_index(
+    model: str,
+    collection: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    top_k: int = DEFAULT_IMPACT_TOP_K,
+    max_length: int = 128,
+    dense_model: str | None = None,
+    dense_codec: str = "fp16",
+    dense_max_length: int | None = None,
+    query_encoders: bool = True,
+    scoring: Mapping[str, Any] | None = None,
+    tokenizer: str | None = None,
+    batch_size: int = 32,
+    chunk_batches: int = 64,
+    shard: tuple[int, int] = (0, 1),
+    device: str = "cpu",
+    dtype: str = "auto",
+    weight_dtype: str = "float16",
+    overwrite: bool = False,
+    progress: bool = True,
+    recorder: Recorder | None = None,
+    stop_after_chunks: int | None = None,
+) -> BuildSummary:
+    """Index ``collection`` with the impact weights of the MLM ``model`` (and, with
+    ``dense_model``, a bi-encoder vector per passage); resumable and shardable like
+    :func:`tilde.index.build.build_index`. With ``query_encoders``, the ONNX query encoders the
+    scoring modes need are exported into the index (``query/mlm``, ``query/dense``), so the
+    query side needs nothing but the index directory."""
+    from tilde.expand.loading import load_expander
+    from tilde.expand.mlm import MlmExpander
+
+    expander = load_expander(model, "mlm", tokenizer=tokenizer, top_k=top_k, max_length=max_length,
+                             device=device, dtype=dtype)
+    assert isinstance(expander, MlmExpander)
+    text = expander.text
+    stop_mask = stop_id_mask(text)
+    dense_enc = None
+    if dense_model is not None:
+        from tilde.encoders.dense_torch import DensePassageEncoder
+
+        dense_enc = DensePassageEncoder(dense_model, device=device, max_length=dense_max_length)
+
+    def encode_batch(batch: list[Passage], where: str) -> tuple[list[Postings], np.ndarray | None]:
+        ids = [_passage_ids(p, text, text.vocab_size, where) for p in batch]
+        postings = impact_postings(expander, ids, stop_mask)
+        if dense_enc is None:
+            return postings, None
+        texts = [p.text for p in batch]
+        if any(t is None for t in texts):
+            raise ValueError(f"{where}: the dense pass needs passage text, but the collection holds token ids "
+                             "(build from the raw collection, or pass --dense none)")
+        return postings, dense_enc.encode([str(t) for t in texts], batch_size=len(texts))
+
+    settings = expander.settings
+    impact = {"model": settings.model, "model_sha256": settings.model_sha256, "top_k": top_k,
+              "max_length": max_length, "dtype": settings.dtype}
+    identity: dict[str, Any] = {"weighting": "impact", **impact}
+    dense_info: dict[str, Any] | None = None
+    if dense_enc is not None:
+        from tilde.encoders.spec import weights_sha256
+
+        dense_info = {"model": str(dense_model), "model_sha256": weights_sha256(Path(dense_enc.spec.transformer_dir)),
+                      "codec": dense_codec, "max_length": dense_enc.max_length, "pooling": dense_enc.spec.pooling,
+                      "normalize": bool(dense_enc.spec.normalize)}
+        identity["dense"] = dense_info
+    manifest = Manifest(
+        vocab_size=text.vocab_size,
+        vocab_sha256=text.vocab_hash,
+        model=str(model),
+        model_sha256=settings.model_sha256,
+        max_passage_tokens=max_length,
+        weighting="impact",
+        impact=impact,
+        dense=dense_info,
+        scoring=dict(scoring) if scoring else None,
+    )
+
+    def export_encoders(out: Path) -> Mapping[str, Any]:
+        if not query_encoders:
+            return {}
+        from tilde.encoders.export import export_dense_encoder, export_mlm_query_encoder
+        from tilde.index.writer import QUERY_DIR
+
+        found: dict[str, Any] = {}
+        targets = [("mlm", model, export_mlm_query_encoder)]
+        if dense_model is not None:
+            targets.append(("dense", dense_model, export_dense_encoder))
+        for kind, source, export in targets:
+            folder = out / QUERY_DIR / kind
+            if not (folder / "encoder.json").is_file():  # a resumed build keeps a finished export
+                export(source, folder)
+            found[kind] = {"path": f"{QUERY_DIR}/{kind}", **_encoder_meta(folder)}
+        return {"query_encoders": found}
+
+    job = BuildJob(encode_batch, identity, manifest, before_finalize=export_encoders, dense_codec=dense_codec)
+    return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
+                     shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
+                     recorder=recorder, stop_after_chunks=stop_after_chunks)
+
+
