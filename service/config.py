@@ -57,7 +57,7 @@ class ServiceConfig:
     # bound is measured in benchmarks/service_limits.py so that the worst request the defaults
     # allow finishes in well under 2 s on 2 cores.
     max_candidates: int = 100_000  # candidates summed over a batch's queries
-    max_query_chars_total: int = 200_000  # query characters summed over a batch (tokenization)
+    max_query_chars_total: int = 100_000  # query characters summed over a batch (tokenization)
     max_work: int = 20_000_000  # sum over queries of candidates x distinct query tokens (scoring)
     max_response_bytes: int = 32 * 1024 * 1024  # estimated response size, refused before scoring
     max_query_encodes: int = 64  # query-encoder passes (mlm, dense modes: one per query and encoder) per request

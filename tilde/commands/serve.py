@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-work", type=int, help="scoring work per request: candidates x distinct query tokens "
                                                 "(default 20000000)")
     p.add_argument("--max-response-bytes", type=int, help="estimated response size limit (default 32 MiB)")
+    p.add_argument("--max-query-chars-total", type=int, help="query characters per request, summed over a batch "
+                                                             "(default 100000)")
+    p.add_argument("--max-query-encodes", type=int, help="query-encoder passes (mlm/dense modes) per request "
+                                                         "(default 64)")
     p.add_argument("--deadline", type=float, help="seconds a request may take once its body is read; then a JSON 503 "
                                                   "(default 10)")
     p.add_argument("--max-queue", type=int, help="requests a worker lets wait while busy; more get 429 (default 8)")
@@ -101,6 +105,7 @@ def main(args: argparse.Namespace) -> int:
         max_documents=args.max_documents, max_batch_queries=args.max_batch_queries, max_encode=args.max_encode,
         max_body_bytes=args.max_body_bytes, meter=args.meter, max_candidates=args.max_candidates,
         max_work=args.max_work, max_response_bytes=args.max_response_bytes, deadline=args.deadline,
+        max_query_chars_total=args.max_query_chars_total, max_query_encodes=args.max_query_encodes,
         max_queue=args.max_queue, api_keys=",".join(args.api_key) if args.api_key else None,
         api_key_file=args.api_key_file, expose_paths=args.expose_paths,
     )
