@@ -171,7 +171,7 @@ class TildeWorker(ThreadWorker):
         elif isinstance(exc, e.ForbiddenProxyRequest):
             status, message = 403, "request forbidden"
         elif not isinstance(exc, (e.ParseException, e.NoMoreData)) or isinstance(
-                exc, (e.InvalidResponseHeader, e.InvalidResponseHeaderName)):
+                exc, (e.InvalidResponseHeader, e.InvalidResponseHeaderName, e.ConfigurationProblem)):
             status, message = 500, "internal error; see the server log"
             self.log.exception("error handling a request outside the app")
         if status != 500 and not isinstance(exc, ReadTimeout):
