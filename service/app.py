@@ -21,14 +21,14 @@ import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from service import schemas, wire
-from service.config import ServiceConfig, from_env
-from service.engine import EncodeBudget, StageClock
-from service.errors import STATUS_CODES, ApiError, ReadTimeout
-from service.limits import Deadline, Gate, check_budget
-from service.openapi import openapi_spec
-from service.schemas import Document, Ranked, RerankRequest
-from service.state import ServiceState
+from . import schemas, wire
+from .config import ServiceConfig, from_env
+from .engine import EncodeBudget, StageClock
+from .errors import STATUS_CODES, ApiError, ReadTimeout
+from .limits import Deadline, Gate, check_budget
+from .openapi import openapi_spec
+from .schemas import Document, Ranked, RerankRequest
+from .state import ServiceState
 
 logger = logging.getLogger(__name__)
 

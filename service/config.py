@@ -25,7 +25,8 @@ METERS = ("auto", "rapl", "cpu", "none")
 # "tilde": service.worker.TildeWorker, gthread with read deadlines, JSON transport errors and a
 # backlog drain on SIGTERM (chosen by measurement: see service.worker and the README).
 WORKER_CLASSES = ("tilde", "sync", "gthread")
-WORKER_CLASS_PATHS = {"tilde": "service.worker.TildeWorker"}
+# (this package is "service" in the repository and "tilde.service" when installed)
+WORKER_CLASS_PATHS = {"tilde": __name__.rpartition(".")[0] + ".worker.TildeWorker"}
 
 T = TypeVar("T")
 _KEY = re.compile(r"^[A-Za-z0-9._~+/=-]+$")

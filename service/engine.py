@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from service.encoder import TextEncoder
-from service.errors import ApiError
-from service.limits import Deadline
-from service.schemas import DocId, Ranked, RerankRequest
 from tilde.index.format import IndexFormatError
 from tilde.metering import Recorder
 from tilde.rank import Reranker, UnknownDocidError
 from tilde.rank.texts import EncodedTexts
+
+from .encoder import TextEncoder
+from .errors import ApiError
+from .limits import Deadline
+from .schemas import DocId, Ranked, RerankRequest
 
 __all__ = ["EncodeBudget", "Engine", "StageClock"]
 

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from service.config import WORKER_CLASS_PATHS, ServerConfig, ServiceConfig, from_env
+from .config import WORKER_CLASS_PATHS, ServerConfig, ServiceConfig, from_env
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def settings(server: ServerConfig) -> dict[str, Any]:
 
 def post_worker_init(worker: Any) -> None:
     """In each worker: finish loading (the model, when the master preloaded only the index)."""
-    from service.app import get_state
+    from .app import get_state
 
     state = get_state(worker.wsgi)
     config: ServiceConfig = state.config
@@ -82,7 +82,7 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    from service.metrics import mark_process_dead
+    from .metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
 

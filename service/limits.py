@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.errors import ApiError
+from .errors import ApiError
 
 if TYPE_CHECKING:
-    from service.config import ServiceConfig
-    from service.schemas import RerankRequest
+    from .config import ServiceConfig
+    from .schemas import RerankRequest
 
 __all__ = ["RESULT_BYTES", "Deadline", "Gate", "check_budget", "estimate_response_bytes"]
 

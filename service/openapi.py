@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.config import ServiceConfig
 from tilde import __version__
 from tilde.rank import MISSING_POLICIES
+
+from .config import ServiceConfig
 
 __all__ = ["openapi_spec"]
 
@@ -44,6 +45,10 @@ def _errors(*statuses: str) -> dict[str, Any]:
 
 
 def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
+    mode_schema = {
+        "type": "string", "maxLength": 200,
+        "description": "Scoring mode: tokens, mlm, dense, fused, or fused:SIGNAL=WEIGHT,... "
+                       "(default: the service's --mode, else what the index recommends; see /info)"}
     docid = {"oneOf": [{"type": "string"}, {"type": "integer", "format": "int64"}]}
     candidates = {
         "ids": {"type": "array", "items": docid, "maxItems": config.max_documents,
@@ -75,6 +80,7 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                             "description": "Candidates not in the index: error (422), skip, or zero (last, score 0)"},
                 "model": {"type": "string", "description": "Accepted for Cohere compatibility; ignored"},
                 "max_tokens_per_doc": {"type": "integer", "description": "Accepted; passages use 192 tokens"},
+                "mode": mode_schema,
             },
         },
         "Result": {
@@ -82,7 +88,9 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
             "properties": {
                 "index": {"type": "integer", "description": "Position in the request's ids/documents"},
                 "id": {"oneOf": [docid, {"type": "null"}]},
-                "relevance_score": {"type": "number", "description": "TILDEv2 score (sum of stored weights)"},
+                "relevance_score": {"type": "number", "description": "The mode's score: tokens/mlm a sum of stored "
+                                    "weights, dense an inner product, fused a weighted sum of min-max normalised "
+                                    "signals in [0, 1]"},
                 "document": {"type": "object"},
             },
         },
@@ -105,6 +113,9 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                 "query_tokens": {"type": "integer"},
                 "feedback_terms": {"type": "integer",
                                    "description": "Expansion tokens added by pseudo-relevance feedback (see /info)"},
+                "mode": {"type": "string", "description": "The scoring mode that ranked the results"},
+                "signals": {"type": "array", "items": {"type": "string"},
+                            "description": "The signals that took part (tokens, mlm, dense, first_stage)"},
             },
         },
         "RerankResponse": {
@@ -124,6 +135,7 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                 "top_n": {"type": ["integer", "null"], "minimum": 1},
                 "return_documents": {"type": "boolean"},
                 "missing": {"enum": list(MISSING_POLICIES)},
+                "mode": mode_schema,
             },
         },
         "BatchResponse": {
@@ -176,6 +188,7 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                     "k": {"type": "integer", "minimum": 1, "default": 1000,
                           "description": "first-stage depth: BM25 candidates re-ranked"},
                     "top_n": {"type": "integer", "minimum": 0},
+                    "mode": mode_schema,
                 }})},
             "responses": {"200": ok({"type": "object", "properties": {
                 "id": {"type": "string"},

@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import ApiError
-from service.wire import JSON, dumps, encode
 from tilde.rank import MISSING_POLICIES
+
+from .errors import ApiError
+from .wire import JSON, dumps, encode
 
 __all__ = [
     "BatchRequest",

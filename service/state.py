@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.config import ConfigError, ServiceConfig
-from service.encoder import TextEncoder
-from service.engine import Engine
-from service.metrics import ServiceMetrics
 from tilde import __version__
 from tilde.metering import DEFAULT_WATTS_PER_CORE, CpuTimeMeter, EnergyMeter, Hooks, NullMeter, RaplMeter, Recorder
 from tilde.rank import Reranker
 from tilde.rank.feedback import feedback_arg
+
+from .config import ConfigError, ServiceConfig
+from .encoder import TextEncoder
+from .engine import Engine
+from .metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 

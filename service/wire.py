@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from service.errors import ApiError
+from .errors import ApiError
 
 __all__ = ["JSON", "MSGPACK", "MSGPACK_TYPES", "decode", "dumps", "encode", "request_format", "response_format"]
 

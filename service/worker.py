@@ -37,7 +37,7 @@ from gunicorn import util
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from service.errors import STATUS_CODES, ReadTimeout
+from .errors import STATUS_CODES, ReadTimeout
 
 __all__ = ["DeadlineSocket", "TildeWorker", "error_response"]
 
@@ -105,7 +105,7 @@ class TildeWorker(ThreadWorker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from service.config import ServerConfig, from_env
+        from .config import ServerConfig, from_env
 
         server = from_env(ServerConfig)
         self.header_timeout = server.header_timeout

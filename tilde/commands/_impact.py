@@ -82,5 +82,6 @@ def impact_settings(args: argparse.Namespace, announce: Callable[[str], None]) -
         "dense_model": dense,
         "dense_codec": args.dense_codec or recipe.dense_codec,
         "query_encoders": not args.no_query_encoders,
+        "dense_query_int8": recipe.dense_query_int8 if dense is not None else False,
         "scoring": scoring,
     }

@@ -97,7 +97,10 @@ def main(args: argparse.Namespace) -> int:
     # Env first: prometheus_client picks its multiprocess mode when imported, and the tokenizer
     # must not use its thread pool in a process that forks.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from service.config import ServerConfig, ServiceConfig, from_env
+    from tilde._packages import service_module
+
+    config = service_module("config")
+    ServerConfig, ServiceConfig, from_env = config.ServerConfig, config.ServiceConfig, config.from_env
 
     service = from_env(
         ServiceConfig, index=args.index, model=args.model, tokenizer=args.tokenizer, bm25=args.bm25,
@@ -156,8 +159,8 @@ def main(args: argparse.Namespace) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="tilde-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
-    from service import gunicorn_conf
-    from service.app import create_app
+    gunicorn_conf = service_module("gunicorn_conf")
+    create_app = service_module("app").create_app
 
     def loader() -> Any:
         # With preload this runs once in the master (fail fast: a bad index or model stops here, before
@@ -168,14 +171,20 @@ def main(args: argparse.Namespace) -> int:
         gc.freeze()
         return app
 
+    from tilde.rank.scoring import Scoring, parse_scoring
+
+    recommended = Scoring.from_dict(manifest.scoring) if manifest.scoring else Scoring("tokens")
+    scoring_label = (f"{recommended} (as the index recommends)" if service.mode == "index"
+                     else str(parse_scoring(service.mode, recommended)))
+
     def when_ready(arbiter: Any) -> None:
         mode = "index preloaded in the master" if server.preload else "index opened per worker"
         threads = server.threads_per_worker
         kind = f"{server.worker_class} x {threads} threads" if threads > 1 else server.worker_class
         auth = f"API key required ({len(keys)} key(s))" if keys else "no API key"
         print(f"tilde serve: http://{server.bind} ready ({server.workers} {kind} worker(s), {mode}; "
-              f"index {service.index}{', model ' + service.model if service.model else ''}; {auth})", file=sys.stderr,
-              flush=True)
+              f"index {service.index}{', model ' + service.model if service.model else ''}; scoring "
+              f"{scoring_label}; {auth})", file=sys.stderr, flush=True)
 
     hooks: dict[str, Callable[..., Any]] = {
         "post_worker_init": gunicorn_conf.post_worker_init,

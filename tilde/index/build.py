@@ -55,11 +55,17 @@ class BuildSummary:
     joules: float
     method: str
     empty_passages: int
-    resumed_from: int
+    resumed_from: int  # passages found finished in the chunks of an earlier, interrupted run
+    encoded_now: int = -1  # passages this run encoded (-1: all of them)
+
+    @property
+    def done_now(self) -> int:
+        return self.passages if self.encoded_now < 0 else self.encoded_now
 
     @property
     def passages_per_s(self) -> float:
-        return self.passages / self.seconds if self.seconds > 0 else 0.0
+        """Passages this run encoded per second (resumed passages cost nothing and do not count)."""
+        return self.done_now / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def bytes_per_posting(self) -> float:
@@ -70,8 +76,12 @@ class BuildSummary:
             f"indexed {self.passages} passages ({self.empty_passages} with no postings) into {self.output}: "
             f"{self.postings} postings, {self.bytes_per_posting:.2f} bytes/posting (postings arrays), "
             f"{self.seconds:.1f} s, {self.passages_per_s:.1f} passages/s, {self.joules:.1f} J "
-            f"({self.joules / max(self.passages, 1):.4f} J/passage, {self.method})"
-            + (f"; resumed after {self.resumed_from} passages" if self.resumed_from else "")
+            f"({self.joules / max(self.done_now, 1):.4f} J/passage, {self.method})"
+            + (
+                f"; resumed: {self.resumed_from} of {self.passages} passages were already encoded, "
+                f"{self.done_now} encoded now"
+                if self.resumed_from else ""
+            )
         )
 
 
@@ -122,6 +132,7 @@ def build_index(
     progress: bool = True,
     recorder: Recorder | None = None,
     stop_after_chunks: int | None = None,
+    command: str = "tilde index",
 ) -> BuildSummary:
     """Encode ``collection`` with TILDEv2 ``model`` and write a memory-mappable index to ``output``.
 
@@ -157,7 +168,7 @@ def build_index(
     job = BuildJob(encode_batch, {"model_sha256": model_sha, "max_passage_tokens": MAX_PASSAGE_TOKENS}, manifest)
     return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
                      shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
-                     recorder=recorder, stop_after_chunks=stop_after_chunks)
+                     recorder=recorder, stop_after_chunks=stop_after_chunks, command=command)
 
 
 Postings = tuple[np.ndarray, np.ndarray]
@@ -198,8 +209,10 @@ def run_build(
     progress: bool = True,
     recorder: Recorder | None = None,
     stop_after_chunks: int | None = None,
+    command: str = "tilde index",
 ) -> BuildSummary:
-    """The resumable, shardable, metered chunk loop shared by every kind of index build."""
+    """The resumable, shardable, metered chunk loop shared by every kind of index build.
+    ``command`` is what an unfinished build's hint tells the user to re-run."""
     if batch_size < 1 or chunk_batches < 1:
         raise ValueError("batch size and chunk size must be positive")
     if weight_dtype not in ("float16", "uint8"):
@@ -228,8 +241,12 @@ def run_build(
         )
 
     total = count_lines(coll)
+    if total == 0:
+        raise FormatError(f"{coll}: the collection is empty (no passages to index)")
     i, n = shard
     start, stop = i * total // n, (i + 1) * total // n
+    if start == stop:
+        raise ValueError(f"shard {i}/{n} of {coll} is empty ({total} passages for {n} shards)")
     chunk_size = batch_size * chunk_batches
     identity = {
         **collection_identity(coll),
@@ -239,9 +256,9 @@ def run_build(
         "batch_size": batch_size,
         "chunk_size": chunk_size,
     }
-    store = ChunkStore(out, identity)
+    store = ChunkStore(out, identity, command=command)
     done_chunks = store.completed()
-    resume_row = start + done_chunks * chunk_size
+    resume_row = min(start + done_chunks * chunk_size, stop)
     bar = _progress(stop - start, min(resume_row, stop) - start, progress)
 
     def passages() -> Iterator[Passage]:
@@ -290,9 +307,16 @@ def run_build(
             flush_batch()
         if buf_ids:
             write_chunk()
+    except BaseException:
+        if store.completed() == 0:
+            store.remove()  # nothing finished: leave no unfinished build behind to trip up the re-run
+        raise
     finally:
         if bar is not None:
             bar.close()
+    if store.completed() == 0:
+        store.remove()
+        raise FormatError(f"{coll}: no passages in rows {start}..{stop} of the collection (nothing to index)")
 
     extra_fields: Mapping[str, Any] = job.before_finalize(out) if job.before_finalize is not None else {}
     manifest = replace(
@@ -318,4 +342,5 @@ def run_build(
         method=recorder.method,
         empty_passages=empty,
         resumed_from=resume_row - start,
+        encoded_now=stop - resume_row,
     )

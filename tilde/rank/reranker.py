@@ -116,9 +116,13 @@ class Reranker:
         self.feedback = self._feedback(feedback)
         self.scoring = self._scoring(scoring)
         self._encoders: dict[str, Any] = {}
+        # Run the two query encoders of a fused mode side by side (a thread; see _encode_query).
+        self.parallel_encoders = (os.cpu_count() or 1) > 1
+        self._pool: Any = None
         # Bind the arrays once: attribute lookups through the dataclass cost more than the kernel
         # on small candidate lists.
         self._arrays = (index.offsets, index.tokens, index.weight_codes, index.weight_table)
+        self._vocab = int(index.manifest.vocab_size)
 
     @classmethod
     def load(
@@ -136,7 +140,18 @@ class Reranker:
         = the mode the index recommends (``tokens`` when it recommends none), a mode name
         (``tokens``, ``mlm``, ``dense``, ``fused``, ``fused:mlm=0.3,...``) or a :class:`Scoring`."""
         index = TildeIndex.open(index_dir)
-        text = TextProcessor.load(tokenizer if tokenizer is not None else index.tokenizer_path)
+        if tokenizer is None:
+            if not index.tokenizer_path.is_file():
+                raise IndexFormatError(f"{index.tokenizer_path}: missing; the index stores no tokenizer (pass one)")
+            try:
+                text = TextProcessor.load(index.tokenizer_path)
+            except Exception as exc:  # tokenizers raises its own exception type for a damaged file
+                first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                raise IndexFormatError(
+                    f"{index.tokenizer_path}: not a loadable tokenizer ({first}); the index is damaged"
+                ) from None
+        else:
+            text = TextProcessor.load(tokenizer)
         return cls(index, text, missing=missing, recorder=recorder, feedback=feedback, scoring=scoring)
 
     def with_feedback(self, feedback: Feedback | str | None) -> Reranker:
@@ -166,6 +181,22 @@ class Reranker:
         if scoring is None or scoring == INDEX_DEFAULT:
             return self.recommended
         return parse_scoring(scoring, self.recommended)
+
+    def _encode_query(self, query: str, needed: tuple[str, ...]) -> dict[str, Any]:
+        """The query vectors the mode needs. Both encoders at once run side by side: ONNX Runtime
+        releases the GIL, so on two cores the pair costs about the slower one alone."""
+        kinds = [k for k in ("mlm", "dense") if k in needed]
+        encoders = {k: self.encoder(k) for k in kinds}
+        if len(kinds) == 2 and self.parallel_encoders:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilde-query-encoder")
+            dense = self._pool.submit(encoders["dense"].encode, query)
+            out = {"mlm": encoders["mlm"].encode(query)}
+            out["dense"] = dense.result()
+            return out
+        return {k: encoders[k].encode(query) for k in kinds}
 
     def encoder(self, kind: str) -> Any:
         """The index's ``kind`` ("mlm" or "dense") ONNX query encoder, loaded once; a clear error
@@ -222,8 +253,14 @@ class Reranker:
                 score_rows_dense(offsets, tokens, codes, table, none, none, np.zeros(0), vocab)
 
     def score_ids(self, query_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Plain TILDEv2 scores of index ``rows`` (-1: 0.0). A damaged index raises
+        :class:`IndexFormatError` naming the file (the kernel refuses; it never reads out of bounds)."""
         q, counts = prepare_query(query_ids)
-        return score_rows(*self._arrays, np.ascontiguousarray(rows, dtype=np.int64), q, counts)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        try:
+            return score_rows(*self._arrays, rows, q, counts, self._vocab)
+        except ValueError as exc:
+            raise self.index.damage(rows, str(exc)) from None
 
     def rerank(
         self,
@@ -308,9 +345,7 @@ class Reranker:
         qvec: dict[str, Any] = {}
         if "mlm" in needed or "dense" in needed:
             with rec.measure("encode") if rec is not None else nullcontext():
-                for kind in ("mlm", "dense"):
-                    if kind in needed:
-                        qvec[kind] = self.encoder(kind).encode(query)
+                qvec = self._encode_query(query, needed)
         t2 = time.perf_counter()
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         vocab = int(self.index.manifest.vocab_size)
@@ -381,21 +416,28 @@ class Reranker:
         if best.size == 0:
             return none
         offsets, tokens, codes, table = self._arrays
-        ids, weights = feedback_terms(
-            offsets,
-            tokens,
-            codes,
-            table,
-            np.ascontiguousarray(rows[best], dtype=np.int64),
-            np.ascontiguousarray(scores[best], dtype=np.float64),
-            np.unique(q.astype(np.int64)),
-            fb.terms,
-            float(fb.weight),
-            int(self.index.manifest.vocab_size),
-        )
+        fb_rows = np.ascontiguousarray(rows[best], dtype=np.int64)
+        try:
+            ids, weights = feedback_terms(
+                offsets,
+                tokens,
+                codes,
+                table,
+                fb_rows,
+                np.ascontiguousarray(scores[best], dtype=np.float64),
+                np.unique(q.astype(np.int64)),
+                fb.terms,
+                float(fb.weight),
+                self._vocab,
+            )
+        except ValueError as exc:
+            raise self.index.damage(fb_rows, str(exc)) from None
         if ids.size:
             rows64 = np.ascontiguousarray(rows, dtype=np.int64)
-            scores += score_rows_dense(*self._arrays, rows64, ids, weights, int(self.index.manifest.vocab_size))
+            try:
+                scores += score_rows_dense(*self._arrays, rows64, ids, weights, self._vocab)
+            except ValueError as exc:
+                raise self.index.damage(rows64, str(exc)) from None
         return ids, weights
 
     def rerank_batch(
