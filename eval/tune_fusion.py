@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--step", type=float, default=0.1)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--normalization", default="minmax", help="minmax (default) or zscore, or both: minmax,zscore")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from ir_measures import nDCG
@@ -112,27 +113,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             sets.append((data.name, *_signals(data, args.split, names, args.cache_dir, Path(tmp) / "bm25")))
     grid = simplex(len(names), args.step)
     results = []
-    for w in grid:
-        weights = dict(zip(names, w))
-        if not any(v > 0 for k, v in weights.items() if k != "first_stage"):
-            continue
-        per_set = []
-        for _, cands, sig, qrels in sets:
-            run = {}
-            for qid, ids in cands.items():
-                scores, _ = fuse({k: v for k, v in sig[qid].items() if k != "_known"}, weights,
-                                 mask=sig[qid]["_known"])
-                run[qid] = list(zip(ids, scores.tolist()))
-            per_set.append(evaluate(run, qrels, {"ndcg@10": nDCG @ 10}).aggregate["ndcg@10"])
-        results.append((float(np.mean(per_set)), w, per_set))
+    for normalization in args.normalization.split(","):
+        for w in grid:
+            weights = dict(zip(names, w))
+            if not any(v > 0 for k, v in weights.items() if k != "first_stage"):
+                continue
+            per_set = []
+            for _, cands, sig, qrels in sets:
+                run = {}
+                for qid, ids in cands.items():
+                    scores, _ = fuse({k: v for k, v in sig[qid].items() if k != "_known"}, weights,
+                                     mask=sig[qid]["_known"], normalization=normalization)
+                    run[qid] = list(zip(ids, scores.tolist()))
+                per_set.append(evaluate(run, qrels, {"ndcg@10": nDCG @ 10}).aggregate["ndcg@10"])
+            results.append((float(np.mean(per_set)), w, per_set, normalization))
     results.sort(key=lambda r: -r[0])
     label = " ".join(name for name, *_ in sets)
     print(f"{len(results)} weight vectors over {', '.join(names)} on {label} (nDCG@10, mean over sets)")
-    for mean, w, per_set in results[: args.top]:
+    for mean, w, per_set, normalization in results[: args.top]:
         cells = " ".join(f"{n}={v:.2f}" for n, v in zip(names, w))
-        print(f"{mean:.4f}  {cells}  ({' '.join(f'{x:.4f}' for x in per_set)})")
+        print(f"{mean:.4f}  {normalization:<6} {cells}  ({' '.join(f'{x:.4f}' for x in per_set)})")
     best = results[0]
-    print("best: fused:" + ",".join(f"{n}={v:g}" for n, v in zip(names, best[1])) + f" ndcg@10={best[0]:.4f}")
+    print("best: fused:" + ",".join(f"{n}={v:g}" for n, v in zip(names, best[1])) + f" normalization={best[3]}"
+          f" ndcg@10={best[0]:.4f}")
     return 0
 
 

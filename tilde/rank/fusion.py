@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["fuse", "minmax"]
+__all__ = ["NORMALIZATIONS", "fuse", "minmax", "zscore"]
 
 
 def minmax(scores: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -24,6 +24,23 @@ def minmax(scores: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def zscore(scores: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """``(s - mean) / std`` over the entries in ``mask``; 0 outside it, and everywhere when the
+    masked scores are all equal."""
+    s = np.asarray(scores, dtype=np.float64)
+    m = np.ones(s.shape, dtype=np.bool_) if mask is None else np.asarray(mask, dtype=np.bool_)
+    out = np.zeros(s.shape, dtype=np.float64)
+    if not m.any():
+        return out
+    sd = float(s[m].std())
+    if sd > 0:
+        out[m] = (s[m] - float(s[m].mean())) / sd
+    return out
+
+
+NORMALIZATIONS = {"minmax": minmax, "zscore": zscore}
+
+
 def fuse(
     signals: Mapping[str, np.ndarray],
     weights: Mapping[str, float],
@@ -35,8 +52,9 @@ def fuse(
     Returns the fused scores (0 outside ``mask``) and the names of the signals used, in the order
     of ``weights``. Dividing by the weights' sum keeps the fused score in [0, 1] whichever signals
     took part."""
-    if normalization != "minmax":
-        raise ValueError(f"unknown normalization {normalization!r}")
+    norm = NORMALIZATIONS.get(normalization)
+    if norm is None:
+        raise ValueError(f"unknown normalization {normalization!r} (known: {', '.join(NORMALIZATIONS)})")
     used = tuple(name for name, w in weights.items() if float(w) > 0 and name in signals)
     if not used:
         raise ValueError("no weighted signal to fuse")
@@ -44,7 +62,7 @@ def fuse(
     first = np.asarray(signals[used[0]])
     out = np.zeros(first.shape, dtype=np.float64)
     for name in used:
-        out += (float(weights[name]) / total) * minmax(signals[name], mask)
+        out += (float(weights[name]) / total) * norm(signals[name], mask)
     if mask is not None:
         out[~np.asarray(mask, dtype=np.bool_)] = 0.0
     return out, used

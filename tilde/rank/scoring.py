@@ -31,7 +31,7 @@ __all__ = ["FIRST_STAGE", "MODES", "SIGNALS", "Scoring", "parse_scoring"]
 MODES = ("tokens", "mlm", "dense", "fused")
 FIRST_STAGE = "first_stage"
 SIGNALS = ("tokens", "mlm", "dense", FIRST_STAGE)
-NORMALIZATIONS = ("minmax",)
+NORMALIZATIONS = ("minmax", "zscore")
 
 
 @dataclass(frozen=True)
