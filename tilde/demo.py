@@ -7,7 +7,8 @@ index's recommended scoring, printing both rankings, the reciprocal rank of the 
 passage for each, per-query latency and energy. No downloads and no files outside the packages.
 
 The passages were written for this demo (no third-party text), on purpose with vocabulary
-mismatch between queries and relevant passages, where exact-match BM25 struggles.
+mismatch between queries and relevant passages, and with lexical traps (passages sharing a
+query's words without answering it), where exact-match BM25 struggles.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TextIO
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEMO_PASSAGES", "DEMO_QUERIES", "DEMO_RELEVANT", "reciprocal_rank", "run_demo"]
+__all__ = ["DEMO_PASSAGES", "DEMO_QUERIES", "DEMO_RELEVANT", "ndcg", "run_demo"]
 
 DEMO_PASSAGES: tuple[tuple[str, str], ...] = (
     ("0", "Earthquakes happen when rocks along a fault slip suddenly, releasing energy stored as the tectonic plates grind past each other."),
@@ -55,6 +56,14 @@ DEMO_PASSAGES: tuple[tuple[str, str], ...] = (
     ("27", "The heart pumps blood through two circuits: to the lungs to collect oxygen, and to the rest of the body."),
     ("28", "High blood pressure rarely has symptoms but raises the risk of heart attack and stroke."),
     ("29", "Regular exercise, less salt and not smoking all help to lower blood pressure."),
+    # Lexical traps: passages that share the queries' words without answering them.
+    ("30", "The plate boundaries of the Pacific are drawn on this map as thick red lines."),
+    ("31", "Dinner plate sets with boundaries of gold trim are popular wedding gifts."),
+    ("32", "An egg cup holds a boiled egg upright at the breakfast table."),
+    ("33", "How long an egg keeps depends on storage: refrigerated eggs last three to five weeks."),
+    ("34", "Inflation is a general rise in prices that reduces what money can buy."),
+    ("35", "The central bank of a country issues its banknotes and holds the accounts of the government."),
+    ("36", "To fight rising prices a central bank lifts its policy rate, making loans dearer and cooling spending."),
 )
 
 DEMO_QUERIES: tuple[str, ...] = (
@@ -71,7 +80,7 @@ DEMO_RELEVANT: dict[str, frozenset[str]] = {
     "capital city of australia": frozenset({"4", "6"}),
     "symptoms of vitamin d deficiency": frozenset({"8", "10"}),
     "how long to boil an egg": frozenset({"12"}),
-    "how do central banks fight inflation": frozenset({"26"}),
+    "how do central banks fight inflation": frozenset({"26", "36"}),
 }
 
 
@@ -81,12 +90,13 @@ def _write_collection(path: Path, passages: Sequence[tuple[str, str]]) -> None:
     atomic_write_text(path, "".join(f"{pid}\t{text}\n" for pid, text in passages))
 
 
-def reciprocal_rank(ranking: Sequence[str], relevant: frozenset[str]) -> float:
-    """1 / rank of the first relevant id (0 when none is ranked)."""
-    for i, docid in enumerate(ranking, 1):
-        if docid in relevant:
-            return 1.0 / i
-    return 0.0
+def ndcg(ranking: Sequence[str], relevant: frozenset[str], k: int = 3) -> float:
+    """nDCG@k with binary gains (1 for the passages that answer the query)."""
+    import math
+
+    dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranking[:k]) if d in relevant)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(k, len(relevant))))
+    return dcg / ideal if ideal else 0.0
 
 
 def run_demo(
@@ -173,13 +183,14 @@ def run_demo(
         res = rr.rerank(query, [h.docid for h in hits], first_stage=[h.score for h in hits])
         latencies.append((time.perf_counter() - t) * 1e3)
         relevant = DEMO_RELEVANT[query]
-        rr_bm25.append(reciprocal_rank([h.docid for h in hits], relevant))
-        rr_tilde.append(reciprocal_rank([d.docid for d in res.results], relevant))
+        rr_bm25.append(ndcg([h.docid for h in hits], relevant, show))
+        rr_tilde.append(ndcg([d.docid for d in res.results], relevant, show))
         say()
-        say(f"query: {query}")
-        say(f"  BM25:    RR {rr_bm25[-1]:.2f} " + " | ".join(f"[{h.docid}] {text_of[h.docid][:44]}" for h in hits[:show]))
-        say(f"  tilde:   RR {rr_tilde[-1]:.2f} "
-            + " | ".join(f"[{d.docid}] {text_of[d.docid][:44]}" for d in res.results[:show]))
+        say(f"query: {query}   (relevant: {', '.join(sorted(relevant, key=int))})")
+        say(f"  BM25:    nDCG@{show} {rr_bm25[-1]:.2f} "
+            + " | ".join(f"[{h.docid}] {text_of[h.docid][:40]}" for h in hits[:show]))
+        say(f"  tilde:   nDCG@{show} {rr_tilde[-1]:.2f} "
+            + " | ".join(f"[{d.docid}] {text_of[d.docid][:40]}" for d in res.results[:show]))
         say(f"  re-ranked {len(hits)} candidates in {latencies[-1]:.3f} ms")
     stages = recorder.summary()
     joules = sum(s.joules for s in stages.values())
@@ -188,7 +199,8 @@ def run_demo(
     n = len(DEMO_QUERIES)
     say()
     say(f"tilde ({rr.scoring}) vs BM25: better on {better}, as good on {n - better - worse}, worse on {worse} of {n} "
-        f"queries (MRR {sum(rr_tilde) / n:.3f} vs {sum(rr_bm25) / n:.3f}; RR = 1 / rank of the first relevant passage)")
+        f"queries (mean nDCG@{show} {sum(rr_tilde) / n:.3f} vs {sum(rr_bm25) / n:.3f}; binary gains, the relevant "
+        f"passages listed with each query)")
     say(f"latency per query (query encoders + score + sort): p50 {percentile(latencies, 50):.3f} ms, "
         f"max {max(latencies):.3f} ms; energy {joules / n:.6f} J/query ({recorder.method})")
     say(f"serve these indexes: tilde serve --index {root / 'index'}   (POST /v1/rerank, POST /v1/search)")
