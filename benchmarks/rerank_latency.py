@@ -159,10 +159,12 @@ def attach_hybrid_parts(index: Path, work: Path, dim: int = 384, seed: int = 3) 
     from tilde.encoders.export import export_dense_encoder, export_mlm_query_encoder
 
     encoders = work / "query-encoders"
-    for kind, source, export in (("mlm", DEFAULT_RECIPE.impact_model, export_mlm_query_encoder),
-                                 ("dense", DEFAULT_RECIPE.dense_model, export_dense_encoder)):
+    for kind, source, export, int8 in (
+        ("mlm", DEFAULT_RECIPE.impact_model, export_mlm_query_encoder, False),
+        ("dense", DEFAULT_RECIPE.dense_model, export_dense_encoder, DEFAULT_RECIPE.dense_query_int8),
+    ):
         if not (encoders / kind / "encoder.json").is_file():
-            export(bundled_path(str(source)), encoders / kind)
+            export(bundled_path(str(source)), encoders / kind, quantize=int8)
         target = index / "query" / kind
         if not target.exists():
             shutil.copytree(encoders / kind, target)
