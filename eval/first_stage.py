@@ -148,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "TILDEv2 impact (Lucene)": impact_first_stage(work / "impact", pairs, args.depth, args.threads),
     }
     reranker = Reranker.load(work / "index", missing="zero", feedback=feedback_arg(args.feedback))
-    rerankers: list[tuple[str, Any]] = [("plain TILDEv2", reranker.with_feedback(None))]
+    rerankers: list[tuple[str, Any]] = [(f"tilde [{reranker.scoring}]", reranker.with_feedback(None))]
+    if reranker.scoring.mode != "tokens":  # the index's recommended mode, and the tokenizer-only one
+        rerankers.append(("tilde [tokens]", reranker.with_feedback(None).with_scoring("tokens")))
     if reranker.feedback is not None:
         rerankers.append((f"TILDEv2 + PRF({reranker.feedback})", reranker))
     (work / "runs").mkdir(exist_ok=True)
