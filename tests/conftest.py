@@ -36,6 +36,17 @@ def write_vocab(folder: Path) -> Path:
     return folder
 
 
+def tokenizer_files(folder: Path, vocab_dir: Path | None) -> int:
+    """Put the tiny vocabulary (a fresh one, or ``vocab_dir``'s) in ``folder``; its size."""
+    if vocab_dir is None:
+        write_vocab(folder)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.txt", "tokenizer_config.json"):
+            (folder / name).write_bytes((vocab_dir / name).read_bytes())
+    return len((folder / "vocab.txt").read_text("utf-8").splitlines())
+
+
 def make_tildev2(folder: Path, seed: int = 0, vocab_dir: Path | None = None) -> Path:
     """A tiny random TILDEv2 checkpoint saved in the official layout, with tokenizer files."""
     import torch
@@ -43,13 +54,7 @@ def make_tildev2(folder: Path, seed: int = 0, vocab_dir: Path | None = None) -> 
 
     from tilde.model import TildeV2
 
-    if vocab_dir is None:
-        write_vocab(folder)
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("vocab.txt", "tokenizer_config.json"):
-            (folder / name).write_bytes((vocab_dir / name).read_bytes())
-    vocab_size = len((folder / "vocab.txt").read_text("utf-8").splitlines())
+    vocab_size = tokenizer_files(folder, vocab_dir)
     cfg = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=256)
     torch.manual_seed(seed)
@@ -99,13 +104,7 @@ def make_mlm(folder: Path, seed: int = 0, vocab_dir: Path | None = None) -> Path
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    if vocab_dir is None:
-        write_vocab(folder)
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("vocab.txt", "tokenizer_config.json"):
-            (folder / name).write_bytes((vocab_dir / name).read_bytes())
-    vocab_size = len((folder / "vocab.txt").read_text("utf-8").splitlines())
+    vocab_size = tokenizer_files(folder, vocab_dir)
     cfg = BertConfig(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=256)
     torch.manual_seed(seed)
@@ -121,13 +120,7 @@ def make_bi_encoder(folder: Path, seed: int = 1, vocab_dir: Path | None = None) 
     import torch
     from transformers import BertConfig, BertModel
 
-    if vocab_dir is None:
-        write_vocab(folder)
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("vocab.txt", "tokenizer_config.json"):
-            (folder / name).write_bytes((vocab_dir / name).read_bytes())
-    vocab_size = len((folder / "vocab.txt").read_text("utf-8").splitlines())
+    vocab_size = tokenizer_files(folder, vocab_dir)
     cfg = BertConfig(vocab_size=vocab_size, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=256)
     torch.manual_seed(seed)

