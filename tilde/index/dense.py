@@ -199,6 +199,7 @@ class DenseVectors:
         encodes them: by faiss itself when it is installed (its float16 rounding differs from
         numpy's in about 0.6% of values), else by the same formulas in numpy."""
         x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+        faiss: Any
         try:
             import faiss
         except ImportError:
