@@ -151,3 +151,47 @@ def test_cli_index_engine_ray(local_ray: None, tiny_model: Path, tmp_path: Path,
     out = capsys.readouterr().out
     assert out.count("indexed 12 passages") == 2
     assert _bytes(tmp_path / "ray") == _bytes(tmp_path / "local")
+
+
+def _dying_job(model: str, die_at_call: int) -> tuple[object, object]:
+    """The TILDEv2 job, except that the actor process exits abruptly at its ``die_at_call``-th batch."""
+    import dataclasses
+
+    from tilde.index.build import tildev2_job
+
+    job, text = tildev2_job(model)
+    calls = [0]
+
+    def encode(batch, where):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == die_at_call:
+            os._exit(1)  # a killed worker: no exception, no cleanup
+        return job.encode(batch, where)
+
+    return dataclasses.replace(job, encode=encode), text
+
+
+@pytest.mark.slow
+def test_a_killed_actor_fails_the_build_cleanly_and_it_resumes(local_ray: None, tiny_model: Path,
+                                                              tmp_path: Path) -> None:
+    from functools import partial
+
+    import ray
+
+    from tilde.index.build import run_build, tildev2_job
+    from tilde.index.ray_engine import RayWorkerError
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need not import tests/
+    coll = _collection(tmp_path / "c.tsv", 24)
+    kw = {"batch_size": 4, "chunk_batches": 2, "progress": False}
+    build_index(str(tiny_model), coll, tmp_path / "local", **kw)  # type: ignore[arg-type]
+    job, text = tildev2_job(str(tiny_model))
+    # one actor: chunk 0 (batches 1-2) is written, the actor dies in its 4th batch (chunk 1)
+    with pytest.raises(RayWorkerError, match="re-run the same command to resume"):
+        run_build(job, text, coll, tmp_path / "ray", engine=RayEngine(actors=1),
+                  job_factory=partial(_dying_job, str(tiny_model), 4), **kw)  # type: ignore[arg-type]
+    assert (tmp_path / "ray" / ".partial" / "chunk-00000000.npz").is_file()
+    assert not (tmp_path / "ray" / "manifest.json").exists()
+    s = build_index(str(tiny_model), coll, tmp_path / "ray", engine=RayEngine(actors=2), **kw)  # type: ignore[arg-type]
+    assert s.resumed_from == 8
+    assert _bytes(tmp_path / "ray") == _bytes(tmp_path / "local")

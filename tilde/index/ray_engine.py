@@ -19,6 +19,7 @@ Importing this module does not import Ray; :meth:`RayEngine.encode_chunks` does.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -33,7 +34,7 @@ from tilde.metering import CpuTimeMeter, Recorder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RayEngine", "RayUnavailableError"]
+__all__ = ["RayEngine", "RayUnavailableError", "RayWorkerError"]
 
 # Chunks queued per actor: one encoding, one waiting (so an actor never idles between chunks).
 IN_FLIGHT_PER_ACTOR = 2
@@ -43,6 +44,10 @@ START_TIMEOUT_S = 600.0
 
 class RayUnavailableError(ImportError):
     """``--engine ray`` without Ray installed."""
+
+
+class RayWorkerError(OSError):
+    """A Ray actor died (killed, out of memory, node lost); the finished chunks are kept."""
 
 
 def _import_ray() -> Any:
@@ -138,6 +143,11 @@ class RayEngine(ChunkEngine):
         batch_size: int, where: str, recorder: Recorder, progress: Callable[[int], None],
     ) -> Iterator[tuple[int, ChunkResult, float]]:
         ray = _import_ray()
+        source = iter(chunks)
+        first = next(source, None)
+        if first is None:  # nothing left to encode (an empty shard, or every chunk already written)
+            return
+        chunks = itertools.chain([first], source)
         started = self._init(ray)
         try:
             actors, per_cpu, per_gpu = self.plan(ray.cluster_resources())
@@ -164,12 +174,21 @@ class RayEngine(ChunkEngine):
                 ray.shutdown()
 
 
+def _failure(ray: Any, exc: Exception, k: int) -> Exception:
+    if isinstance(exc, ray.exceptions.RayTaskError):  # the actor's own error (bad input): as locally
+        return exc.cause if isinstance(exc.cause, Exception) else exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return RayWorkerError(f"a Ray actor failed while encoding chunk {k} ({type(exc).__name__}: {first}); "
+                          f"re-run the same command to resume (finished chunks are kept)")
+
+
 def _schedule(
     ray: Any, pool: list[Any], chunks: Iterable[tuple[int, list[Passage]]], batch_size: int, where: str,
     progress: Callable[[int], None], watts_per_core: float,
 ) -> Iterator[tuple[int, ChunkResult, float]]:
     """Keep every actor busy, and yield the results in chunk order (the store counts consecutive
-    chunks); at most ``IN_FLIGHT_PER_ACTOR`` chunks per actor are submitted or held."""
+    chunks); at most ``IN_FLIGHT_PER_ACTOR`` chunks per actor are submitted or held. When a chunk
+    fails, the chunks before it are still finished and yielded, then its error is raised."""
     free = deque(a for a in pool for _ in range(IN_FLIGHT_PER_ACTOR))
     capacity = len(free)
     pending: dict[Any, tuple[int, Any, int]] = {}
@@ -177,8 +196,10 @@ def _schedule(
     source = iter(chunks)
     next_k: int | None = None
     exhausted = False
+    failed_k: int | None = None
+    failure: Exception | None = None
     while True:
-        while free and not exhausted and len(pending) + len(done) < capacity:
+        while failure is None and free and not exhausted and len(pending) + len(done) < capacity:
             item = next(source, None)
             if item is None:
                 exhausted = True
@@ -187,19 +208,24 @@ def _schedule(
             next_k = k if next_k is None else next_k
             actor = free.popleft()
             pending[actor.encode.remote(passages, batch_size, where)] = (k, actor, len(passages))
-        if not pending and not done:
-            return
-        if pending:
-            finished, _ = ray.wait(list(pending), num_returns=1)
+        wanted = [ref for ref, (k, _, _) in pending.items() if failed_k is None or k < failed_k]
+        if wanted:
+            finished, _ = ray.wait(wanted, num_returns=1)
             for ref in finished:
                 k, actor, n = pending.pop(ref)
                 try:
                     done[k] = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:  # the actor's own error (bad input): as locally
-                    raise (exc.cause if isinstance(exc.cause, Exception) else exc) from None
+                except ray.exceptions.RayError as exc:
+                    if failed_k is None or k < failed_k:
+                        failed_k, failure = k, _failure(ray, exc, k)
+                    continue
                 free.append(actor)
                 progress(n)
-        while next_k is not None and next_k in done:
+        while next_k is not None and next_k in done and (failed_k is None or next_k < failed_k):
             result, cpu_s = done.pop(next_k)
             yield next_k, result, cpu_s * watts_per_core
             next_k += 1
+        if failure is not None and failed_k is not None and not any(k < failed_k for k, _, _ in pending.values()):
+            raise failure
+        if failure is None and exhausted and not pending and not done:
+            return
