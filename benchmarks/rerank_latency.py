@@ -178,6 +178,10 @@ def attach_hybrid_parts(index: Path, work: Path, dim: int = 384, seed: int = 3) 
     manifest["dense"] = {**meta, "model": "synthetic"}
     manifest["query_encoders"] = {k: {"path": f"query/{k}"} for k in ("mlm", "dense")}
     manifest["scoring"] = DEFAULT_RECIPE.scoring
+    if manifest.get("files") is not None:  # the integrity list covers the new parts too
+        from tilde.index.format import file_entries
+
+        manifest["files"] = dict(sorted({**manifest["files"], **file_entries(index, [DENSE_FILE, "query"])}.items()))
     atomic_write_text(index / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 

@@ -2,15 +2,21 @@
 driven from a separate process with bounded concurrency for a bounded time.
 
     python benchmarks/service_load.py [--passages 1000000] [--duration 20] [--concurrency 4]
-                                      [--workers 2] [--worker-class sync|gthread] [--no-preload] [--matrix]
+                                      [--workers 2] [--worker-class tilde|sync|gthread] [--no-preload]
+                                      [--matrix] [--slow-clients 8] [--slow-duration 40]
 
 Each request re-ranks 1,000 random candidates by ``ids`` (every result returned, no top_n), in JSON
 and in msgpack. Prints requests/s, client-side p50/p99 latency, errors, server memory (RSS and
 PSS: the index pages are shared, so RSS counts them once per process), and where the server's
 time goes (mean ms per stage from /metrics: parse, tokenize, lookup, score, sort, serialize, plus
-the whole WSGI call). The last line is the JSON run's:
+the whole WSGI call). Then a slow-client run: ``--slow-clients`` connections trickle a request
+(half the headers, half a body) at 1 byte/s for ``--slow-duration`` seconds (longer than the
+30 s worker timeout) while a probe sends, one after another, a health check or a 1,000-candidate
+re-ranking request every 0.1 s; it prints the probes' latency and how many worker processes were
+replaced meanwhile (killed by the timeout). The last two lines:
 
-    rps=<x> p50_ms=<y> p99_ms=<z> errors=<n> candidates=1000
+    slow_clients=8 probe_p99_ms=<x> worker_restarts=<n>
+    rps=<x> p50_ms=<y> p99_ms=<z> errors=<n> candidates=1000      (the JSON run)
 
 The load generator is a minimal HTTP/1.1 client on raw sockets with pre-encoded request bodies
 (keep-alive where the server offers it), so that on a 2-core machine it takes as little CPU from
@@ -286,10 +292,13 @@ def stage_means(before: dict[tuple[str, str], float], after: dict[tuple[str, str
 def start_server(args: argparse.Namespace, index: Path, port: int, worker_class: str, preload: bool,
                  threads: int) -> subprocess.Popen[bytes]:
     """Start `tilde serve` and wait until every worker is up."""
-    threads = threads if worker_class == "gthread" else 1
     cmd = [sys.executable, "-m", "tilde.cli", "serve", "--index", str(index), "--port", str(port),
-           "--workers", str(args.workers), "--worker-class", worker_class, "--threads", str(threads),
+           "--workers", str(args.workers), "--worker-class", worker_class,
            "--preload" if preload else "--no-preload", "--max-documents", str(max(args.candidates, 10_000))]
+    if threads and worker_class != "sync":
+        cmd += ["--threads", str(threads)]
+    if args.keepalive is not None and worker_class != "sync":
+        cmd += ["--keepalive", str(args.keepalive)]
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     log = open(args.server_log, "ab")  # a file, not a pipe: a full pipe would stall the server
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
@@ -364,7 +373,7 @@ def run_config(args: argparse.Namespace, index: Path, worker_class: str, preload
     startup = time.perf_counter() - t0
     mem0 = memory(proc.pid)
     info = json.loads(_get(base + "/info")[1])
-    per = f" x {threads} threads" if worker_class == "gthread" else ""
+    per = f" x {threads or 'default'} threads" if worker_class != "sync" else ""
     print(f"# server: {args.workers} {worker_class} worker(s){per}, "
           f"{'preload' if preload else 'per-worker open'}; ready in {startup:.1f} s; meter {info['meter']['method']}; "
           f"idle RSS {mem0['total_rss_mib']:.0f} MiB, PSS {mem0['total_pss_mib']:.0f} MiB", flush=True)
@@ -381,6 +390,75 @@ def run_config(args: argparse.Namespace, index: Path, worker_class: str, preload
     return out
 
 
+def slow_client_run(args: argparse.Namespace, index: Path, worker_class: str, preload: bool,
+                    threads: int) -> dict[str, Any]:
+    """Slow clients trickling at 1 byte/s while a probe measures the service (see the module doc)."""
+    port = args.port or _free_port()
+    proc = start_server(args, index, port, worker_class, preload, threads)
+    initial = set(_children(proc.pid))
+    seen = set(initial)
+    stop_at = time.monotonic() + args.slow_duration
+    step = max(args.passages // args.candidates, 1)
+    bodyb = json.dumps({"query": "zqbab zqbac zqbad", "ids": list(range(0, args.passages, step))[: args.candidates]}
+                       ).encode()
+
+    def slow(kind: str) -> None:
+        while time.monotonic() < stop_at:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+                    if kind == "body":
+                        s.sendall(f"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                  f"Content-Length: {len(bodyb)}\r\n\r\n".encode())
+                        trickle = bodyb
+                    else:
+                        trickle = b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 4000
+                    for b in trickle:  # until the server answers or closes
+                        if time.monotonic() >= stop_at:
+                            break
+                        s.send(bytes([b]))
+                        time.sleep(1.0)
+            except OSError:
+                time.sleep(0.2)
+
+    raw_probe = (f"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(bodyb)}\r\nConnection: close\r\n\r\n").encode() + bodyb
+    raw_health = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    latencies: list[float] = []
+    failures: list[str] = []
+    threads_ = [threading.Thread(target=slow, args=("body" if i % 2 == 0 else "head",), daemon=True)
+                for i in range(args.slow_clients)]
+    for t in threads_:
+        t.start()
+    time.sleep(1.5)  # every slow client is connected and holding whatever it holds
+    i = 0
+    while time.monotonic() < stop_at:
+        t0 = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=35) as s:
+                s.sendall(raw_health if i % 2 else raw_probe)
+                buf = b""
+                while chunk := s.recv(1 << 16):
+                    buf += chunk
+            status = int(buf.split(b" ", 2)[1]) if buf else 0
+            if status != 200:
+                failures.append(f"status {status}")
+        except OSError as exc:
+            failures.append(exc.__class__.__name__)
+        latencies.append(time.perf_counter() - t0)
+        seen.update(_children(proc.pid))
+        i += 1
+        time.sleep(0.1)
+    code = stop_server(proc)
+    lat = np.array(latencies) * 1e3
+    out = {"probes": int(lat.size), "failures": len(failures), "p50_ms": float(np.percentile(lat, 50)),
+           "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max()), "restarts": len(seen - initial)}
+    print(f"# slow clients: {args.slow_clients} trickling at 1 byte/s for {args.slow_duration:.0f} s against "
+          f"{args.workers} {worker_class} worker(s): {out['probes']} probes, {out['failures']} failed "
+          f"{failures[:3] if failures else ''}, p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms, "
+          f"max {out['max_ms']:.1f} ms; worker processes replaced: {out['restarts']}; SIGTERM exit {code}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--passages", type=int, default=1_000_000)
@@ -390,8 +468,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--concurrency", type=int, default=2, help="requests in flight (default 2: one per worker)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--worker-class", default="sync", choices=("sync", "gthread"))
-    ap.add_argument("--threads", type=int, default=2, help="threads per worker with gthread")
+    ap.add_argument("--worker-class", default="tilde", choices=("tilde", "sync", "gthread"))
+    ap.add_argument("--threads", type=int, default=0, help="threads per worker (tilde, gthread; 0: the server's "
+                                                           "default)")
+    ap.add_argument("--keepalive", type=int, default=None, help="keep-alive seconds (default: the server's, 0)")
+    ap.add_argument("--slow-clients", type=int, default=8, help="slow clients in the slow-client run (0: skip it)")
+    ap.add_argument("--slow-duration", type=float, default=40.0, help="seconds of the slow-client run")
     ap.add_argument("--preload", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--formats", default="msgpack,json", help="run order; the JSON line is printed last")
     ap.add_argument("--matrix", action="store_true",
@@ -414,14 +496,18 @@ def main() -> None:
           f"returned; concurrency {args.concurrency}; {args.duration:.0f} s per run after {args.warmup:.0f} s warm-up; "
           f"{os.cpu_count()} CPUs", flush=True)
     if args.matrix:
-        for wc, preload, threads in (("sync", True, 1), ("sync", False, 1), ("gthread", True, 1),
-                                     ("gthread", True, args.threads)):
+        for wc, preload, threads in (("sync", True, 1), ("sync", False, 1), ("gthread", True, 4),
+                                     ("gthread", True, 16), ("tilde", True, 0)):
             run_config(args, index, wc, preload, threads, ["json"], max(args.duration / 2, 5.0))
     results = run_config(args, index, args.worker_class, args.preload, args.threads,
                          [f for f in args.formats.split(",") if f != "json"] + ["json"], args.duration)
     for fmt, r in results.items():
         print(f"{fmt}: rps={r['rps']:.1f} p50_ms={r['p50_ms']:.2f} p99_ms={r['p99_ms']:.2f} errors={r['errors']} "
               f"candidates={args.candidates}")
+    if args.slow_clients:
+        slow = slow_client_run(args, index, args.worker_class, args.preload, args.threads)
+        print(f"slow_clients={args.slow_clients} probe_p99_ms={slow['p99_ms']:.1f} "
+              f"worker_restarts={slow['restarts']}")
     r = results["json"]
     print(f"rps={r['rps']:.1f} p50_ms={r['p50_ms']:.2f} p99_ms={r['p99_ms']:.2f} errors={r['errors']} "
           f"candidates={args.candidates}")

@@ -23,9 +23,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.first_stage import add_first_stage_argument, select_first_stage
-from eval.metrics import MEASURE_LABELS, evaluate
-from eval.pipeline import (
+from .first_stage import add_first_stage_argument, select_first_stage
+from .metrics import MEASURE_LABELS, evaluate
+from .pipeline import (
     StageTimes,
     add_feedback_argument,
     add_mode_argument,
@@ -34,8 +34,8 @@ from eval.pipeline import (
     first_stage,
     rerank_run,
 )
-from eval.references import references_for
-from eval.report import Report, SystemRow, write_report
+from .references import references_for
+from .report import Report, SystemRow, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,12 @@ def _corpus(data: Path) -> Path:
 
 
 def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
-    from eval.index_cache import is_impact, prepare_impact_index, prepare_index
     from tilde.bm25 import BM25Index, build_bm25_index
     from tilde.io import read_qrels, read_queries
     from tilde.rank import Reranker
+
+    from .index_cache import is_impact, prepare_impact_index, prepare_index
+
 
     data = Path(args.data)
     corpus = _corpus(data)
@@ -174,7 +176,7 @@ def _model_name(model: str) -> str:
         from tilde.models import DEFAULT_RECIPE
 
         return DEFAULT_RECIPE.name if model == "default" else "-"
-    from eval.trec_dl import model_label
+    from .trec_dl import model_label
 
     return model_label(model)
 
@@ -193,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from eval.index_cache import ExpansionUnavailable
+    from .index_cache import ExpansionUnavailable
 
     try:
         if args.bm25_index:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.pipeline import Run, StageTimes, batch_first_stage, new_recorder
+from .pipeline import Run, StageTimes, batch_first_stage, new_recorder
 
 __all__ = ["add_first_stage_argument", "impact_first_stage", "select_first_stage"]
 
@@ -71,7 +71,7 @@ def select_first_stage(spec: str, bm25: tuple[Run, StageTimes], queries: Sequenc
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    from eval.pipeline import add_feedback_argument
+    from .pipeline import add_feedback_argument
 
     p = argparse.ArgumentParser(prog="python -m eval.first_stage", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="BEIR folder: corpus.jsonl[.gz], queries.<split>.tsv, qrels")
@@ -122,13 +122,14 @@ def _cells(agg: dict[str, float]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    from eval.beir import _corpus, _measures
-    from eval.metrics import evaluate
-    from eval.pipeline import first_stage, rerank_run
     from tilde.bm25 import BM25Index, build_bm25_index
     from tilde.io import read_qrels, read_queries, write_run
     from tilde.rank import Reranker
     from tilde.rank.feedback import feedback_arg
+
+    from .beir import _corpus, _measures
+    from .metrics import evaluate
+    from .pipeline import first_stage, rerank_run
 
     data, work = Path(args.data), Path(args.work)
     corpus = _corpus(data)

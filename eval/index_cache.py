@@ -149,7 +149,7 @@ def prepare_impact_index(
     passages: the default recipe when ``model`` is None/"default" (its dense model unless
     ``dense`` is None), else the MLM ``model`` (with ``dense`` when it names a bi-encoder)."""
     from tilde.index.format import MANIFEST
-    from tilde.index.impact import build_impact_index
+    from tilde.index.impact import build_impact_index, refresh_query_encoders
     from tilde.models import DEFAULT_RECIPE, bundled_path
 
     recipe = DEFAULT_RECIPE
@@ -180,7 +180,9 @@ def prepare_impact_index(
         "weighting": "impact",
         "model_sha256": _dir_weights_sha(mlm),
         "dense_sha256": _dir_weights_sha(dense_model) if dense_model else None,
-        **{k: v for k, v in settings.items() if k != "dense_model"},
+        # The query side (encoders, recommended scoring) is not part of the key: a cached index gets
+        # the recipe's current one (refresh_query_encoders), its passage side is reused.
+        **{k: v for k, v in settings.items() if k not in ("dense_model", "scoring")},
         "passages_sha256": _file_sha256(passages),
         "pids_sha256": hashlib.sha256("\n".join(sorted(wanted)).encode("utf-8")).hexdigest(),
     }
@@ -188,7 +190,10 @@ def prepare_impact_index(
     entry = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / key
     index_dir = entry / "index"
     info_path = entry / "key.json"
+    int8 = bool(recipe.dense_query_int8 and dense_model)
     if (index_dir / MANIFEST).is_file():
+        # Query encoders are not part of the key: a cached index gets the recipe's current ones.
+        refresh_query_encoders(index_dir, mlm, dense_model, dense_int8=int8, scoring=settings["scoring"])
         info = json.loads(info_path.read_text("utf-8")) if info_path.is_file() else {}
         return CachedIndex(index_dir, entry, key, False, int(info.get("passages", 0)), int(info.get("absent", 0)),
                            time.perf_counter() - started, 0.0)
@@ -199,7 +204,8 @@ def prepare_impact_index(
         absent = len(wanted) - written
     else:
         written, absent = _write_subset(passages, wanted, subset)
-    summary = build_impact_index(mlm, subset, index_dir, **settings, batch_size=batch_size, progress=progress)
+    summary = build_impact_index(mlm, subset, index_dir, **settings, dense_query_int8=int8, batch_size=batch_size,
+                                 progress=progress)
     atomic_write_text(info_path, json.dumps({**key_fields, "model": mlm, "dense": dense_model, "passages": written,
                                              "absent": absent, "source": str(passages.resolve())},
                                             indent=2, sort_keys=True) + "\n")

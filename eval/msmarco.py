@@ -27,8 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.metrics import MEASURE_LABELS, evaluate, msmarco_measures
-from eval.pipeline import (
+from .metrics import MEASURE_LABELS, evaluate, msmarco_measures
+from .pipeline import (
     StageTimes,
     add_feedback_argument,
     batch_first_stage,
@@ -37,8 +37,8 @@ from eval.pipeline import (
     new_recorder,
     rerank_run,
 )
-from eval.references import references_for
-from eval.report import Report, SystemRow, write_report
+from .references import references_for
+from .report import Report, SystemRow, write_report
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eval.metrics import MEASURE_LABELS
-from eval.pipeline import STAGES, StageTimes
-from eval.references import Reference
 from tilde import __version__
 from tilde.io import atomic_path, atomic_write_text
+
+from .metrics import MEASURE_LABELS
+from .pipeline import STAGES, StageTimes
+from .references import Reference
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -24,8 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eval.metrics import MEASURE_LABELS, evaluate, trec_dl_measures
-from eval.pipeline import (
+from .metrics import MEASURE_LABELS, evaluate, trec_dl_measures
+from .pipeline import (
     StageTimes,
     add_feedback_argument,
     add_mode_argument,
@@ -33,8 +33,8 @@ from eval.pipeline import (
     feedback_label,
     rerank_run,
 )
-from eval.references import references_for
-from eval.report import Report, SystemRow, write_report
+from .references import references_for
+from .report import Report, SystemRow, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,11 @@ def _find_runs(data: Path, args: argparse.Namespace) -> list[Path]:
 
 def evaluate_folder(args: argparse.Namespace) -> list[str]:
     """Run the evaluation; returns the lines to print (the last one is the summary line)."""
-    from eval.index_cache import is_impact, prepare_impact_index, prepare_index, resolve_model
     from tilde.io import read_qrels, read_queries, read_run, write_run
     from tilde.rank import Reranker
+
+    from .index_cache import is_impact, prepare_impact_index, prepare_index, resolve_model
+
 
     data = Path(args.data)
     for name in ("queries.tsv", "qrels.trec", "passages.tsv"):
@@ -242,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from eval.index_cache import ExpansionUnavailable
+    from .index_cache import ExpansionUnavailable
 
     try:
         lines = evaluate_folder(args)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.metrics import evaluate
+from .metrics import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +40,10 @@ def simplex(n: int, step: float) -> list[tuple[float, ...]]:
 
 def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm25_tmp: Path) -> tuple[
         dict[str, list[str]], dict[str, dict[str, np.ndarray]], dict[str, dict[str, int]]]:
-    from eval.index_cache import prepare_impact_index
     from tilde.io import read_qrels, read_queries, read_run
     from tilde.rank import Reranker
+
+    from .index_cache import prepare_impact_index
 
     if (data / "passages.tsv").is_file():
         queries = {q.qid: q.text for q in read_queries(data / "queries.tsv")}
@@ -50,9 +51,10 @@ def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm
         run = {q: [(e.docid, e.score) for e in v[:100]] for q, v in read_run(data / "run.bm25.top100.trec").items()}
         passages = data / "passages.tsv"
     else:
-        from eval.beir import _corpus, corpus_ids
-        from eval.pipeline import first_stage
         from tilde.bm25 import BM25Index, build_bm25_index
+
+        from .beir import _corpus, corpus_ids
+        from .pipeline import first_stage
 
         passages = _corpus(data)
         qs = read_queries(data / f"queries.{split}.tsv")

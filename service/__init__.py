@@ -10,18 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.app import create_app, get_state
-    from service.config import ServerConfig, ServiceConfig
+    from .app import create_app, get_state
+    from .config import ServerConfig, ServiceConfig
 
 __all__ = ["ServerConfig", "ServiceConfig", "create_app", "get_state"]
 
-_WHERE = {"create_app": "service.app", "get_state": "service.app",
-          "ServerConfig": "service.config", "ServiceConfig": "service.config"}
+_WHERE = {"create_app": ".app", "get_state": ".app", "ServerConfig": ".config", "ServiceConfig": ".config"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         import importlib
 
-        return getattr(importlib.import_module(_WHERE[name]), name)
+        return getattr(importlib.import_module(_WHERE[name], __name__), name)
     raise AttributeError(f"module 'service' has no attribute {name!r}")

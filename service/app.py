@@ -6,6 +6,8 @@ error, including 404/405/413 and unexpected exceptions, is ``{"error": {"code", 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -19,13 +21,14 @@ import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from service import schemas, wire
-from service.config import ServiceConfig, from_env
-from service.engine import EncodeBudget, StageClock
-from service.errors import STATUS_CODES, ApiError
-from service.openapi import openapi_spec
-from service.schemas import Document, Ranked, RerankRequest
-from service.state import ServiceState
+from . import schemas, wire
+from .config import ServiceConfig, from_env
+from .engine import EncodeBudget, StageClock
+from .errors import STATUS_CODES, ApiError, ReadTimeout
+from .limits import Deadline, Gate, check_budget
+from .openapi import openapi_spec
+from .schemas import Document, Ranked, RerankRequest
+from .state import ServiceState
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ __all__ = ["create_app", "get_state"]
 ENDPOINTS = frozenset({"/v1/rerank", "/v1/rerank/batch", "/v1/search", "/health", "/ready", "/info", "/metrics",
                        "/openapi.json"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+OPEN_ENDPOINTS = frozenset({"/health", "/ready"})  # answered without an API key (probes)
 _EXT = "tilde"
 
 
@@ -137,24 +141,83 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         state.load(encoder=load_encoder)
     app = Flask(__name__, root_path=os.path.dirname(os.path.abspath(__file__)))
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    # "/v1//rerank" is a 404 like any unknown path, not an HTML 308 redirect to "/v1/rerank"
+    app.url_map.merge_slashes = False
     app.extensions[_EXT] = state
     limits = schemas.Limits(config.max_documents, config.max_batch_queries, config.max_text_chars,
                             config.max_query_chars)
     method = state.recorder.method
+    gate = Gate(config.concurrency, config.max_queue)
+    state.gate = gate
+    # Only digests are kept; comparing digests makes the comparison constant-time in the key
+    # length too. Keys never appear in a log line, a message or /info.
+    key_digests = [hashlib.sha256(k.encode()).digest() for k in config.keys()]
+    challenge = {"WWW-Authenticate": 'Bearer realm="tilde"'}
+
+    @app.before_request
+    def authenticate() -> None:
+        if not key_digests or request.path in OPEN_ENDPOINTS:
+            return
+        scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "an API key is required: send the header Authorization: Bearer <key>",
+                           "unauthorized", challenge)
+        given = hashlib.sha256(token.encode("latin-1", "replace")).digest()
+        ok = False
+        for digest in key_digests:  # every key is compared, match or not
+            ok |= hmac.compare_digest(given, digest)
+        if not ok:
+            raise ApiError(401, "invalid API key", "unauthorized", challenge)
 
     def engine() -> Any:
         if state.engine is None or not state.ready:
             raise ApiError(503, "the index is not loaded yet; poll /ready", "not_ready")
         return state.engine
 
+    def read_body() -> bytes:
+        """The request body, at most max_body_bytes (413), also when it comes chunked; a client
+        that does not send it within the server's body timeout gets a 408."""
+        limit = config.max_body_bytes
+        length = request.content_length
+        too_large = ApiError(413, f"request body larger than {limit} bytes (max_body_bytes)", "too_large")
+        if length is not None and length > limit:
+            raise too_large
+        try:
+            if length is not None or not request.environ.get("wsgi.input_terminated"):
+                return request.get_data(cache=False)
+            stream, size = request.environ["wsgi.input"], 0
+            chunks: list[bytes] = []
+            while True:  # chunked: no Content-Length to check up front
+                chunk = stream.read(min(1 << 20, limit + 1 - size))
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+        except ReadTimeout as exc:
+            raise ApiError(408, str(exc) or "request body not received in time", "request_timeout") from None
+
     @app.post("/v1/rerank")
     def rerank() -> Response:
         eng = engine()
-        clock = StageClock(state.recorder)
         fmt_in, fmt = _formats()
-        req = schemas.parse_rerank(wire.decode(request.get_data(cache=False), fmt_in), limits)
+        data = read_body()
+        deadline = Deadline(config.deadline)
+        with gate.slot(deadline):
+            return _rerank(eng, fmt_in, fmt, data, deadline)
+
+    def _rerank(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
+        clock = StageClock(state.recorder, deadline)
+        req = schemas.parse_rerank(wire.decode(data, fmt_in), limits)
+        check_budget([req], None, config, eng.query_encodes(req.mode))
         clock.lap("parse")
-        ranked = eng.rank(req, req.missing or config.missing, clock, EncodeBudget(config.max_encode), mode=req.mode)
+        q = eng.query_ids(req.query)
+        check_budget([req], [q], config)
+        clock.lap("tokenize")
+        ranked = eng.rank(req, req.missing or config.missing, clock, EncodeBudget(config.max_encode), mode=req.mode,
+                          q=q)
         results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
         clock.lap("serialize", len(ranked.order))
         clock.finish(len(req))
@@ -165,16 +228,26 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
     @app.post("/v1/rerank/batch")
     def rerank_batch() -> Response:
         eng = engine()
-        clock = StageClock(state.recorder)
         fmt_in, fmt = _formats()
-        batch = schemas.parse_batch(wire.decode(request.get_data(cache=False), fmt_in), limits)
+        data = read_body()
+        deadline = Deadline(config.deadline)
+        with gate.slot(deadline):
+            return _rerank_batch(eng, fmt_in, fmt, data, deadline)
+
+    def _rerank_batch(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
+        clock = StageClock(state.recorder, deadline)
+        batch = schemas.parse_batch(wire.decode(data, fmt_in), limits)
+        check_budget(batch.queries, None, config, eng.query_encodes(batch.mode) * len(batch.queries))
         clock.lap("parse")
+        qs = [eng.query_ids(req.query, f"queries[{qi}]: ") for qi, req in enumerate(batch.queries)]
+        check_budget(batch.queries, qs, config)
+        clock.lap("tokenize")
         policy = batch.missing or config.missing
         budget = EncodeBudget(config.max_encode)
         parts = []
         n = encoded = 0
         for qi, req in enumerate(batch.queries):
-            ranked = eng.rank(req, policy, clock, budget, where=f"queries[{qi}]: ", mode=batch.mode)
+            ranked = eng.rank(req, policy, clock, budget, where=f"queries[{qi}]: ", mode=batch.mode, q=qs[qi])
             results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
             clock.lap("serialize", len(ranked.order))
             item = {"index": qi, "id": req.id, "missing": ranked.missing, "encoded": ranked.encoded,
@@ -195,17 +268,28 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         if state.bm25 is None:
             raise ApiError(404, "this server has no BM25 index: start it with --bm25 DIR (tilde bm25 index), "
                                 "or put one at <index>/bm25", "not_configured")
-        clock = StageClock(state.recorder)
         fmt_in, fmt = _formats()
-        sreq = schemas.parse_search(wire.decode(request.get_data(cache=False), fmt_in), limits)
+        data = read_body()
+        deadline = Deadline(config.deadline)
+        with gate.slot(deadline):
+            return _search(eng, fmt_in, fmt, data, deadline)
+
+    def _search(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
+        clock = StageClock(state.recorder, deadline)
+        sreq = schemas.parse_search(wire.decode(data, fmt_in), limits)
         clock.lap("parse")
         hits = state.bm25.search(sreq.query, sreq.k)
         clock.lap("first_stage", len(hits))
         req = RerankRequest(query=sreq.query, ids=[h.docid for h in hits], documents=None, top_n=sreq.top_n)
+        check_budget([req], None, config, eng.query_encodes(sreq.mode))
+        q = eng.query_ids(req.query)
+        check_budget([req], [q], config)
+        clock.lap("tokenize")
         # Candidates come from the same collection; one missing from the TILDEv2 index keeps its
         # place at the end with score 0 (reported), never silently dropped.
         ranked = eng.rank(req, "zero", clock, EncodeBudget(0), mode=sreq.mode,
-                          first_stage=np.array([h.score for h in hits], dtype=np.float64))
+                          first_stage=np.array([h.score for h in hits], dtype=np.float64), q=q)
+        schemas.check_finite(ranked, req.ids or [])
         rows = [{"index": i, "id": hits[i].docid, "relevance_score": s, "first_stage_score": hits[i].score}
                 for i, s in zip(ranked.order.tolist(), ranked.scores.tolist())]
         results = wire.encode(rows, fmt)
@@ -229,7 +313,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
 
     @app.get("/info")
     def info() -> Response:
-        return _reply(state.info(), _out_format())
+        return _reply(state.info(expose_paths=config.expose_paths), _out_format())
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -242,7 +326,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
-        return _error(exc)
+        return _error(exc, exc.headers)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from tilde.rank import MISSING_POLICIES
@@ -21,9 +22,14 @@ __all__ = ["ENV_PREFIX", "METERS", "WORKER_CLASSES", "ConfigError", "ServerConfi
 
 ENV_PREFIX = "TILDE_"
 METERS = ("auto", "rapl", "cpu", "none")
-WORKER_CLASSES = ("sync", "gthread")
+# "tilde": service.worker.TildeWorker, gthread with read deadlines, JSON transport errors and a
+# backlog drain on SIGTERM (chosen by measurement: see service.worker and the README).
+WORKER_CLASSES = ("tilde", "sync", "gthread")
+# (this package is "service" in the repository and "tilde.service" when installed)
+WORKER_CLASS_PATHS = {"tilde": __name__.rpartition(".")[0] + ".worker.TildeWorker"}
 
 T = TypeVar("T")
+_KEY = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 
 
 class ConfigError(ValueError):
@@ -48,6 +54,20 @@ class ServiceConfig:
     max_encode: int = 32  # documents encoded on the fly per request (needs a model)
     max_text_chars: int = 20_000  # characters per document text
     max_query_chars: int = MAX_QUERY_CHARS
+    # Cost budget per request (a batch counts all its queries), checked before any scoring; each
+    # bound is measured in benchmarks/service_limits.py so that the worst request the defaults
+    # allow finishes in well under 2 s on 2 cores.
+    max_candidates: int = 100_000  # candidates summed over a batch's queries
+    max_query_chars_total: int = 100_000  # query characters summed over a batch (tokenization)
+    max_work: int = 20_000_000  # sum over queries of candidates x distinct query tokens (scoring)
+    max_response_bytes: int = 32 * 1024 * 1024  # estimated response size, refused before scoring
+    max_query_encodes: int = 64  # query-encoder passes (mlm, dense modes: one per query and encoder) per request
+    deadline: float = 10.0  # seconds from a request's body read to its answer; JSON 503 past it
+    concurrency: int = 1  # re-ranking requests one worker process scores at a time
+    max_queue: int = 8  # requests a worker lets wait for a scoring slot; more get 429 + Retry-After
+    api_keys: str = field(default="", repr=False)  # comma-separated keys: Authorization: Bearer <key>
+    api_key_file: str | None = None  # a file of keys, one per line ('#' comments)
+    expose_paths: bool = False  # /info shows absolute paths and the worker pid
     meter: str = "auto"  # energy meter: auto (RAPL if readable, else CPU time), rapl, cpu, none
     watts_per_core: float = 0.0  # CPU-time meter figure; 0 means TILDE_WATTS_PER_CORE or the default
     eager: bool = True  # load the index in create_app; False: call state.load() later (/ready is 503 until then)
@@ -75,13 +95,36 @@ class ServiceConfig:
         if self.meter not in METERS:
             raise ConfigError(f"meter must be one of {', '.join(METERS)}, not {self.meter!r}")
         for name in ("max_body_bytes", "max_documents", "max_batch_queries", "max_text_chars", "max_query_chars",
-                     "torch_threads"):
+                     "torch_threads", "max_candidates", "max_query_chars_total", "max_work", "max_response_bytes",
+                     "concurrency", "max_query_encodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.max_encode < 0 or self.watts_per_core < 0:
-            raise ConfigError("max_encode and watts_per_core must be >= 0")
+        if self.max_encode < 0 or self.watts_per_core < 0 or self.max_queue < 0:
+            raise ConfigError("max_encode, max_queue and watts_per_core must be >= 0")
+        if not self.deadline > 0:
+            raise ConfigError(f"deadline must be > 0 seconds, not {self.deadline}")
+        self.keys()  # a malformed key or an unreadable key file stops the start, not the first request
 
-    def limits(self) -> dict[str, int]:
+    def keys(self) -> tuple[str, ...]:
+        """The API keys (from ``api_keys`` and ``api_key_file``); empty: no authentication."""
+        raw = [k.strip() for k in self.api_keys.split(",")]
+        if self.api_key_file:
+            try:
+                text = open(self.api_key_file, encoding="utf-8").read()
+            except OSError as exc:
+                raise ConfigError(f"api key file {self.api_key_file}: {exc.strerror or exc}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"api key file {self.api_key_file}: not UTF-8 text") from None
+            raw += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+        keys = tuple(k for k in raw if k)
+        for k in keys:
+            # RFC 6750 b64token characters; never echo the key itself
+            if len(k) < 8 or not _KEY.match(k):
+                raise ConfigError(f"an API key must be 8 or more characters of A-Z a-z 0-9 -._~+/= "
+                                  f"(one has {len(k)} characters)")
+        return keys
+
+    def limits(self) -> dict[str, int | float]:
         return {
             "max_body_bytes": self.max_body_bytes,
             "max_documents": self.max_documents,
@@ -89,6 +132,14 @@ class ServiceConfig:
             "max_encode": self.max_encode if self.model else 0,
             "max_text_chars": self.max_text_chars,
             "max_query_chars": self.max_query_chars,
+            "max_candidates": self.max_candidates,
+            "max_query_chars_total": self.max_query_chars_total,
+            "max_work": self.max_work,
+            "max_response_bytes": self.max_response_bytes,
+            "max_query_encodes": self.max_query_encodes,
+            "deadline_seconds": self.deadline,
+            "concurrency": self.concurrency,
+            "max_queue": self.max_queue,
         }
 
 
@@ -104,14 +155,25 @@ class ServerConfig:
     # keeps connections alive (~0.2 ms less CPU per request) but a connection stays with the worker
     # that accepted it: with few client connections, measured, all of them often land on one worker
     # and throughput halves (benchmarks/service_load.py --matrix prints the per-worker CPU split).
-    worker_class: str = "sync"
-    threads: int = 1  # per worker, gthread only
+    #
+    # Default "tilde" (gthread + read deadlines, service.worker): slow or idle clients hold a
+    # blocked thread for at most header_timeout/body_timeout, never the worker. Measured with 8
+    # clients trickling 1 byte/s (benchmarks/service_load.py --slow-clients): sync served 2 probes
+    # in 40 s and had its workers killed; gthread x 4 stalled probes for 17 s; x 16 answered all.
+    # Keep-alive is off by default so that connections spread over the workers as with sync.
+    worker_class: str = "tilde"
+    threads: int = 0  # per worker (tilde, gthread): connections read or served at once; 0: 24 (1 for sync)
     preload: bool = True  # open the index once in the master and fork (shared page cache either way)
     access_log: str = ""  # "" = off (the default: keeps logging off the hot path), "-" = stderr, or a file
     log_level: str = "warning"
     timeout: int = 30  # seconds a worker may be silent before the master restarts it
     graceful_timeout: int = 20  # seconds in-flight requests get after SIGTERM
-    keepalive: int = 5  # seconds an idle keep-alive connection is held (gthread)
+    keepalive: int = 0  # seconds an idle keep-alive connection is held (tilde, gthread); 0: close after each
+    header_timeout: float = 10.0  # seconds a client gets to send the request line and headers (tilde)
+    body_timeout: float = 30.0  # seconds a client gets to send the body (tilde)
+    limit_request_line: int = 8190  # bytes; longer is a 414
+    limit_request_fields: int = 100  # header fields; more (or one over limit_request_field_size) is a 431
+    limit_request_field_size: int = 8190
     backlog: int = 2048
 
     def __post_init__(self) -> None:
@@ -119,12 +181,18 @@ class ServerConfig:
             raise ConfigError(f"worker class must be one of {', '.join(WORKER_CLASSES)}, not {self.worker_class!r}")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be 0..65535, not {self.port}")
-        if self.workers < 1 or self.threads < 1:
-            raise ConfigError("workers and threads must be >= 1")
+        if self.workers < 1 or self.threads < 0:
+            raise ConfigError("workers must be >= 1 and threads >= 0")
         if self.worker_class == "sync" and self.threads > 1:
             # gunicorn would silently switch to gthread; say so instead
-            raise ConfigError(f"{self.threads} threads per worker need worker class gthread (sync serves one request "
-                              f"at a time per worker)")
+            raise ConfigError(f"{self.threads} threads per worker need worker class tilde or gthread (sync serves "
+                              f"one request at a time per worker)")
+        if not (self.header_timeout > 0 and self.body_timeout > 0):
+            raise ConfigError("header_timeout and body_timeout must be > 0 seconds")
+
+    @property
+    def threads_per_worker(self) -> int:
+        return self.threads or (1 if self.worker_class == "sync" else 24)
 
     @property
     def bind(self) -> str:

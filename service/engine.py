@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from service.encoder import TextEncoder
-from service.errors import ApiError
-from service.schemas import DocId, Ranked, RerankRequest
 from tilde.index.format import IndexFormatError
 from tilde.metering import Recorder
 from tilde.rank import Reranker, UnknownDocidError
 from tilde.rank.texts import EncodedTexts
+
+from .encoder import TextEncoder
+from .errors import ApiError
+from .limits import Deadline
+from .schemas import DocId, Ranked, RerankRequest
 
 __all__ = ["EncodeBudget", "Engine", "StageClock"]
 
@@ -30,9 +32,10 @@ class StageClock:
     service's :class:`Recorder` (aggregates, hooks, Prometheus) and kept for ``meta`` and
     ``Server-Timing``. A stage lapped several times (a batch) accumulates."""
 
-    __slots__ = ("_e", "_e0", "_read", "_rec", "_t", "_t0", "joules", "timing")
+    __slots__ = ("_e", "_e0", "_read", "_rec", "_t", "_t0", "deadline", "joules", "timing")
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, deadline: Deadline | None = None) -> None:
+        self.deadline = deadline  # checked after every lap: past it, a JSON 503
         self._rec = recorder
         self._read = recorder.meter.read
         self._e0 = self._e = self._read()
@@ -50,6 +53,8 @@ class StageClock:
         # metering overhead shows as the difference between "total" and the sum of the stages.
         self._e = self._read()
         self._t = time.perf_counter()
+        if self.deadline is not None:
+            self.deadline.check(stage)
 
     def finish(self, items: int) -> None:
         """Record the whole handler span as stage "request"; sets ``timing["total"]`` and ``joules``."""
@@ -84,16 +89,32 @@ class Engine:
         self.reranker = reranker
         self.encoder = encoder
 
-    def rank(
-        self, req: RerankRequest, policy: str, clock: StageClock, budget: EncodeBudget, where: str = "",
-        mode: str | None = None, first_stage: np.ndarray | None = None,
-    ) -> Ranked:
-        text, index = self.reranker.text, self.reranker.index
+    def query_ids(self, query: str, where: str = "") -> np.ndarray:
+        """The query's token ids; a query the tokenizer refuses is the client's error (422)."""
         try:
-            text.query_ids(req.query)  # a query the tokenizer refuses is the client's error (422)
+            return self.reranker.text.query_ids(query)
         except (TypeError, ValueError) as exc:
             raise ApiError(422, f"{where}{exc}", "invalid") from None
-        clock.lap("tokenize")
+
+    def query_encodes(self, mode: str | None) -> int:
+        """Query-encoder passes one query costs in ``mode`` (0 for token scoring; a malformed
+        mode is 0 here and refused when ranked)."""
+        try:
+            signals = self.reranker._scoring(mode).signals
+        except ValueError:
+            return 0
+        return sum(kind in signals for kind in ("mlm", "dense"))
+
+    def rank(
+        self, req: RerankRequest, policy: str, clock: StageClock, budget: EncodeBudget, where: str = "",
+        mode: str | None = None, first_stage: np.ndarray | None = None, q: np.ndarray | None = None,
+    ) -> Ranked:
+        """Rank one query's candidates; ``q``: its token ids when the caller already tokenized it
+        (the budget check), else it is tokenized (and checked) here."""
+        index = self.reranker.index
+        if q is None:
+            self.query_ids(req.query, where)
+            clock.lap("tokenize")
         n = len(req)
         docs = req.documents
         ids: list[DocId | None]

@@ -4,8 +4,10 @@ Used by ``tilde serve`` and usable directly::
 
     TILDE_INDEX=idx gunicorn -c python:service.gunicorn_conf service.wsgi:app
 
-SIGTERM is gunicorn's graceful stop: the master stops accepting, workers finish in-flight requests
-(up to ``graceful_timeout``) and exit. The access log is off unless ``TILDE_ACCESS_LOG`` is set.
+SIGTERM is gunicorn's graceful stop: the master closes its listening socket and the workers
+finish in-flight requests (up to ``graceful_timeout``) and exit; the default worker
+(``service.worker.TildeWorker``) first serves every connection already in the listen backlog.
+The access log is off unless ``TILDE_ACCESS_LOG`` is set (it never shows the Authorization header).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from service.config import ServerConfig, ServiceConfig, from_env
+from .config import WORKER_CLASS_PATHS, ServerConfig, ServiceConfig, from_env
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +27,8 @@ def settings(server: ServerConfig) -> dict[str, Any]:
     return {
         "bind": [server.bind],
         "workers": server.workers,
-        "worker_class": server.worker_class,
-        "threads": server.threads,
+        "worker_class": WORKER_CLASS_PATHS.get(server.worker_class, server.worker_class),
+        "threads": server.threads_per_worker,
         "preload_app": server.preload,
         "accesslog": server.access_log or None,
         "errorlog": "-",
@@ -35,6 +37,9 @@ def settings(server: ServerConfig) -> dict[str, Any]:
         "graceful_timeout": server.graceful_timeout,
         "keepalive": server.keepalive,
         "backlog": server.backlog,
+        "limit_request_line": server.limit_request_line,
+        "limit_request_fields": server.limit_request_fields,
+        "limit_request_field_size": server.limit_request_field_size,
         "proc_name": "tilde",
         # The heartbeat file is touched on every request loop; on tmpfs that never waits for a disk.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
@@ -46,7 +51,7 @@ def settings(server: ServerConfig) -> dict[str, Any]:
 
 def post_worker_init(worker: Any) -> None:
     """In each worker: finish loading (the model, when the master preloaded only the index)."""
-    from service.app import get_state
+    from .app import get_state
 
     state = get_state(worker.wsgi)
     config: ServiceConfig = state.config
@@ -77,7 +82,7 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    from service.metrics import mark_process_dead
+    from .metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
 

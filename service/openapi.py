@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.config import ServiceConfig
 from tilde import __version__
 from tilde.rank import MISSING_POLICIES
+
+from .config import ServiceConfig
 
 __all__ = ["openapi_spec"]
 
@@ -14,12 +15,21 @@ _BODY_TYPES = ("application/json", "application/msgpack")
 _ERROR_STATUSES = {
     "400": "Malformed body (not valid JSON / msgpack)",
     "404": "No BM25 index configured for /v1/search (code not_configured)",
-    "413": "Body larger than max_body_bytes",
+    "401": "Missing or invalid API key (when the server has keys; code unauthorized)",
+    "408": "The body did not arrive within the server's body timeout (code request_timeout)",
+    "413": "Body larger than max_body_bytes (also when chunked), or a response larger than max_response_bytes "
+           "(code over_budget)",
     "415": "Content-Type is neither JSON nor msgpack",
-    "422": "Validation failed: wrong types, empty query, too many documents, unknown ids under the "
-           "'error' policy (code unknown_ids), too many texts to encode (code too_many_texts)",
-    "503": "Index not loaded yet",
+    "422": "Validation failed: wrong types, empty query, text that is not valid Unicode (lone surrogates), too many "
+           "documents, unknown ids under the 'error' policy (code unknown_ids), too many texts to encode (code "
+           "too_many_texts), over the cost budget (code over_budget: max_candidates, max_query_chars_total, max_work)",
+    "429": "The worker is busy beyond max_queue: retry after the Retry-After header (code too_many_requests)",
+    "500": "Internal error, including a non-finite score from a damaged index (code non_finite_score)",
+    "503": "Index not loaded yet (code not_ready), or the request's deadline passed (code deadline_exceeded)",
 }
+
+
+_WORK_ERRORS = ("400", "401", "408", "413", "415", "422", "429", "500", "503")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -161,13 +171,13 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
             "summary": "Re-rank candidates for one query (Cohere-compatible, plus ids)",
             "requestBody": {"required": True, "content": _content(_ref("RerankRequest"))},
             "responses": {"200": ok(_ref("RerankResponse"), "Results, best first"),
-                          **_errors("400", "413", "415", "422", "503")},
+                          **_errors(*_WORK_ERRORS)},
         }},
         "/v1/rerank/batch": {"post": {
             "summary": "Re-rank many queries in one request",
             "requestBody": {"required": True, "content": _content(_ref("BatchRequest"))},
             "responses": {"200": ok(_ref("BatchResponse"), "One result list per query, in request order"),
-                          **_errors("400", "413", "415", "422", "503")},
+                          **_errors(*_WORK_ERRORS)},
         }},
         "/v1/search": {"post": {
             "summary": "First stage (embedded BM25) + TILDEv2 re-ranking in one call",
@@ -188,7 +198,7 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                     "relevance_score": {"type": "number", "description": "TILDEv2 score"},
                     "first_stage_score": {"type": "number", "description": "BM25 score"}}}},
                 "meta": {"type": "object"}}}, "Results, best first"),
-                **_errors("400", "404", "413", "415", "422", "503")},
+                **_errors("404", *_WORK_ERRORS)},
         }},
         "/health": {"get": {"summary": "Liveness", "responses": {"200": ok(simple, "The process is up")}}},
         "/ready": {"get": {"summary": "Readiness: index (and model) loaded",
@@ -206,5 +216,9 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                  "description": "TILDEv2 passage re-ranking on CPUs. Bodies are JSON or msgpack "
                                 "(Content-Type / Accept: application/msgpack)."},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "Required on every endpoint but /health and /ready when the server has API keys"}}},
+        # every limit the server enforces, as in /info (a batch counts all its queries)
+        "x-tilde-limits": config.limits(),
     }

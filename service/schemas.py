@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import ApiError
-from service.wire import JSON, dumps, encode
 from tilde.rank import MISSING_POLICIES
+
+from .errors import ApiError
+from .wire import JSON, dumps, encode
 
 __all__ = [
     "BatchRequest",
@@ -36,6 +37,7 @@ __all__ = [
     "RerankRequest",
     "msgpack_array_header",
     "parse_batch",
+    "check_finite",
     "parse_rerank",
     "render_results",
 ]
@@ -120,10 +122,32 @@ def _check_fields(body: Mapping[str, Any], allowed: frozenset[str], where: str) 
         raise _fail(f"unknown field(s) in {where}: {', '.join(sorted(map(str, unknown))[:10])}")
 
 
+def _text(value: str, where: str) -> str:
+    """``value`` if it is valid Unicode text: JSON can carry lone UTF-16 surrogates ("\\ud800"),
+    which no encoder (tokenizer, UTF-8, the index's key hash) accepts."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _fail(f"{where} contains a lone UTF-16 surrogate at character {exc.start}: send valid Unicode "
+                        f"text") from None
+    return value
+
+
+def _texts(values: list[str], where: str) -> None:
+    """:func:`_text` for a list of strings, in one C-level pass when all are valid."""
+    try:
+        "".join(values).encode("utf-8")
+    except UnicodeEncodeError:
+        for i, v in enumerate(values):
+            _text(v, f"{where}[{i}]")
+
+
 def _query(body: Mapping[str, Any], limits: Limits, where: str) -> str:
     query = body.get("query")
     if not isinstance(query, str):
         raise _fail(f"{where}query must be a string, not {_type(query)}")
+    _text(query, f"{where}query")
     if not query.strip():
         raise _fail(f"{where}query is empty")
     if len(query) > limits.max_query_chars:
@@ -153,7 +177,7 @@ def _mode(value: Any) -> str | None:
         return None
     if type(value) is not str or not 1 <= len(value) <= 200:
         raise _fail(f"mode must be tokens, mlm, dense, fused or fused:SIGNAL=WEIGHT,..., not {value!r}"[:200])
-    return value
+    return _text(value, "mode")
 
 
 def _missing(value: Any) -> str | None:
@@ -168,7 +192,9 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def _docid(value: Any, where: str) -> DocId:
-    if type(value) is str or (type(value) is int and _INT64[0] <= value <= _INT64[1]):
+    if type(value) is str:
+        return _text(value, where)
+    if type(value) is int and _INT64[0] <= value <= _INT64[1]:
         return value  # type: ignore[no-any-return]
     raise _fail(f"{where} must be a string or a 64-bit integer, not {_type(value)}")
 
@@ -185,6 +211,7 @@ def _ids(value: Any, limits: Limits, where: str) -> tuple[list[DocId], bool]:
         if max(value) <= _INT64[1] and min(value) >= _INT64[0]:
             return value, True
     elif kinds <= {str}:
+        _texts(value, f"{where}ids")
         return value, False
     for i, v in enumerate(value):
         _docid(v, f"{where}ids[{i}]")
@@ -199,7 +226,7 @@ def _documents(value: Any, limits: Limits, where: str) -> list[Document]:
     docs = []
     for i, d in enumerate(value):
         if type(d) is str:
-            text: Any = d
+            text: Any = _text(d, f"{where}documents[{i}]")
             doc_id: DocId | None = None
             echo: Mapping[str, Any] = {"text": d}
         elif type(d) is dict:
@@ -211,6 +238,8 @@ def _documents(value: Any, limits: Limits, where: str) -> list[Document]:
             text = d.get("text")
             if text is not None and type(text) is not str:
                 raise _fail(f"{where}documents[{i}].text must be a string, not {_type(text)}")
+            if text is not None:
+                _text(text, f"{where}documents[{i}].text")
             if doc_id is None and text is None:
                 raise _fail(f"{where}documents[{i}] needs an \"id\" (index docid) or a \"text\"")
             echo = d
@@ -352,6 +381,16 @@ def _msgpack_int_records(order: np.ndarray, ids: np.ndarray, scores: np.ndarray)
     return msgpack_array_header(order.size) + rec.tobytes()
 
 
+def check_finite(ranked: Ranked, ids: Sequence[DocId | None]) -> None:
+    """NaN/inf is no JSON number (and no ranking): a damaged index. Such a score is never sent,
+    in JSON or msgpack; the request is answered 500 ``non_finite_score`` naming the candidates."""
+    finite = np.isfinite(ranked.scores)
+    if not finite.all():
+        bad = [ids[i] for i in ranked.order[~finite][:5].tolist()]
+        raise ApiError(500, f"non-finite score for candidate(s) {bad}: the index holds non-finite weights "
+                            f"(check it with tilde index verify)"[:300], "non_finite_score")
+
+
 def render_results(
     fmt: str,
     ranked: Ranked,
@@ -365,6 +404,7 @@ def render_results(
     reprs are most of its cost. msgpack with integer ids and no documents: one numpy record
     array, no Python object per result at all.
     """
+    check_finite(ranked, ids)
     order_list = ranked.order.tolist()
     if fmt != JSON:
         if documents is None and int_ids:  # validated: every id is an int within int64

@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.config import ConfigError, ServiceConfig
-from service.encoder import TextEncoder
-from service.engine import Engine
-from service.metrics import ServiceMetrics
 from tilde import __version__
 from tilde.metering import DEFAULT_WATTS_PER_CORE, CpuTimeMeter, EnergyMeter, Hooks, NullMeter, RaplMeter, Recorder
 from tilde.rank import Reranker
 from tilde.rank.feedback import feedback_arg
+
+from .config import ConfigError, ServiceConfig
+from .encoder import TextEncoder
+from .engine import Engine
+from .metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class ServiceState:
         self.bm25: Any = None  # tilde.first_stage.BM25Index when a BM25 index is configured
         self.load_seconds: float | None = None
         self.error: str | None = None
+        self.gate: Any = None  # service.limits.Gate, set by create_app
         self._lock = threading.Lock()
 
     @property
@@ -100,25 +102,33 @@ class ServiceState:
         self.engine = Engine(rr, enc)
         logger.info("pid %d: model %s loaded for on-the-fly encoding", os.getpid(), self.config.model)
 
-    def info(self) -> dict[str, Any]:
+    def info(self, expose_paths: bool = False) -> dict[str, Any]:
+        """What /info shows. Without ``expose_paths`` no absolute path and no pid: file names
+        only (enough to tell which index and model are served, nothing about the host)."""
         c = self.config
+
+        def where(path: Any) -> str | None:
+            if path is None or path == "":
+                return None
+            return str(path) if expose_paths else Path(str(path)).name
+
         out: dict[str, Any] = {
             "service": "tilde",
             "version": __version__,
             "ready": self.ready,
-            "pid": os.getpid(),
             "missing_policy": c.missing,
             "feedback": None,
             "limits": c.limits(),
             "formats": ["application/json", "application/msgpack"],
             "meter": {"method": self.recorder.method},
-            "model": {"encoder": c.model, "encoder_loaded": self.encoder is not None,
+            "auth": "api-key" if c.keys() else "none",
+            "model": {"encoder": where(c.model), "encoder_loaded": self.encoder is not None,
                       "encoder_sha256": self.encoder.sha256 if self.encoder else None},
             "index": None,
             "first_stage": None,
         }
         if self.bm25 is not None:
-            out["first_stage"] = {"engine": "bm25", "path": str(getattr(self.bm25, "path", "")),
+            out["first_stage"] = {"engine": "bm25", "path": where(getattr(self.bm25, "path", "")),
                                   "endpoint": "/v1/search"}
         if self.engine is not None:
             idx = self.engine.reranker.index
@@ -128,9 +138,9 @@ class ServiceState:
                               "signals": list(self.engine.reranker.scoring.signals),
                               "recommended": str(self.engine.reranker.recommended)}
             m = idx.manifest
-            out["model"].update({"index_model": m.model, "index_model_sha256": m.model_sha256})
+            out["model"].update({"index_model": where(m.model), "index_model_sha256": m.model_sha256})
             out["index"] = {
-                "path": str(idx.path),
+                "path": where(idx.path),
                 "passages": m.num_passages,
                 "postings": m.num_postings,
                 "postings_per_passage": m.num_postings / m.num_passages if m.num_passages else 0.0,
@@ -146,5 +156,7 @@ class ServiceState:
                 "query_encoders": sorted((m.query_encoders or {}).keys()),
                 "open_seconds": self.load_seconds,
             }
+        if expose_paths:
+            out["pid"] = os.getpid()
         return out
 

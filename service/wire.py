@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from service.errors import ApiError
+from .errors import ApiError
 
 __all__ = ["JSON", "MSGPACK", "MSGPACK_TYPES", "decode", "dumps", "encode", "request_format", "response_format"]
 
@@ -21,7 +21,12 @@ MSGPACK = "application/msgpack"
 MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
 
 _json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ascii_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 dumps = _json_encoder.encode
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def request_format(mimetype: str) -> str:
@@ -55,12 +60,19 @@ def decode(data: bytes, fmt: str) -> Any:
         except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, StackError, ...
             raise ApiError(400, f"malformed msgpack body ({exc.__class__.__name__}: {exc})", "malformed") from None
     try:
-        return json.loads(data)
+        # NaN and Infinity are no JSON (RFC 8259), although Python's parser takes them
+        return json.loads(data, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ApiError(400, f"malformed JSON body ({exc.__class__.__name__}: {exc})", "malformed") from None
 
 
 def encode(obj: Any, fmt: str) -> bytes:
+    """``obj`` as JSON or msgpack. Non-finite floats never reach JSON (a ``ValueError`` here is
+    the app's bug and answered as a JSON 500); text that is not valid Unicode goes out escaped."""
     if fmt == MSGPACK:
         return msgpack.packb(obj, use_bin_type=True)
-    return dumps(obj).encode("utf-8")
+    text = dumps(obj)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: "\\ud800" is valid JSON, its UTF-8 is not
+        return _ascii_encoder.encode(obj).encode("ascii")

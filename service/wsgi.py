@@ -5,7 +5,7 @@ Configured by ``TILDE_*`` env vars (``TILDE_INDEX`` at least); ``tilde serve`` i
 
 from __future__ import annotations
 
-from service.app import create_app
-from service.config import ServiceConfig, from_env
+from .app import create_app
+from .config import ServiceConfig, from_env
 
 app = create_app(from_env(ServiceConfig))

@@ -217,3 +217,31 @@ def test_impact_build_resumes_to_the_same_bytes(tmp_path: Path, tiny_mlm: Path, 
     assert summary.resumed_from == 4
     for name in ("offsets.npy", "tokens.npy", "weights.npy", "dense.faiss"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_service_scores_texts_like_the_index_in_every_mode(impact_index: Path, tiny_mlm: Path,
+                                                           tiny_bi_encoder: Path) -> None:
+    from service.app import create_app
+    from service.config import ServiceConfig
+
+    app = create_app(ServiceConfig(index=str(impact_index), model=str(tiny_mlm), dense_model=str(tiny_bi_encoder)))
+    client = app.test_client()
+    collection = dict(line.split("\t") for line in (impact_index.parent / "collection.tsv").read_text().splitlines())
+    info = client.get("/info").get_json()
+    assert info["scoring"]["recommended"].startswith("fused:") and info["index"]["weighting"] == "impact"
+    for mode in (None, "tokens", "mlm", "dense"):
+        body: dict[str, object] = {"query": "fish in the river bank", "ids": PIDS[:4]}
+        if mode:
+            body["mode"] = mode
+        by_id = client.post("/v1/rerank", json=body).get_json()
+        docs = [{"id": f"new-{p}", "text": collection[p]} for p in PIDS[:4]]
+        text_body = {k: v for k, v in body.items() if k != "ids"}
+        by_text = client.post("/v1/rerank", json={**text_body, "documents": docs}).get_json()
+        assert by_id["meta"]["mode"] == by_text["meta"]["mode"] == (mode or info["scoring"]["mode"])
+        assert len(by_text["meta"]["encoded"]) == 4
+        ids = {r["index"]: r["relevance_score"] for r in by_id["results"]}
+        texts = {r["index"]: r["relevance_score"] for r in by_text["results"]}
+        for i in ids:
+            assert texts[i] == pytest.approx(ids[i], abs=0 if mode in ("tokens", "mlm") else 2e-3)
+    bad = client.post("/v1/rerank", json={"query": "fish", "ids": PIDS[:2], "mode": "nonsense"})
+    assert bad.status_code == 422 and bad.get_json()["error"]["code"] == "invalid"

@@ -78,7 +78,8 @@ def test_health_ready_info_openapi(client: FlaskClient, index_dir: Path) -> None
     assert decode(client.get("/ready")) == {"status": "ready"}
     info = decode(client.get("/info"))
     assert info["index"]["passages"] == len(PLAIN_DOCS)
-    assert info["index"]["path"] == str(index_dir)
+    assert info["index"]["path"] == index_dir.name and "pid" not in info  # no host details by default
+    assert str(index_dir) not in json.dumps(info)
     assert info["meter"]["method"].startswith("cpu-time")
     assert info["limits"]["max_documents"] == 10_000 and info["limits"]["max_encode"] == 0
     assert info["model"]["encoder"] is None and info["model"]["index_model"] == "hand-made"
@@ -351,12 +352,15 @@ def test_config_from_env_and_back() -> None:
 
 # -- property: random bodies never produce a 500 ------------------------------------------------
 
+# Text with lone UTF-16 surrogates (JSON can carry them as "\\ud800") and non-finite floats (sent
+# as NaN/Infinity, which Python's JSON writes): each must be a 400/422, never a 500.
+_surrogates = st.text(st.characters(codec=None, categories=["Cs", "Ll", "Nd"]), min_size=1, max_size=6)
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                     st.floats(allow_nan=False), st.text(max_size=12))
+                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12), _surrogates)
 _json = st.recursive(_scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids,
                                                                                           max_size=4), max_leaves=12)
-_ids = st.lists(st.one_of(st.sampled_from([10, 20, 70, "10", "x"]), st.integers(), st.text(max_size=5), _scalars),
-                max_size=8)
+_ids = st.lists(st.one_of(st.sampled_from([10, 20, 70, "10", "x", "\ud800", "1\udfff"]), st.integers(),
+                          st.text(max_size=5), _scalars), max_size=8)
 _docs = st.lists(st.one_of(st.text(max_size=20), st.fixed_dictionaries({}, optional={"id": _scalars | st.just(10),
                                                                                      "text": _scalars}), _json),
                  max_size=5)
@@ -364,7 +368,8 @@ _bodies = st.one_of(
     _json,
     st.fixed_dictionaries(
         {},
-        optional={"query": st.one_of(st.text(max_size=30), st.just("apple fruit"), _scalars),
+        optional={"query": st.one_of(st.text(max_size=30), st.just("apple fruit"), st.just("apple \udc00"),
+                                     _scalars),
                   "ids": st.one_of(_ids, _json),
                   "documents": st.one_of(_docs, _json), "top_n": _scalars, "return_documents": _scalars,
                   "missing": st.one_of(st.sampled_from(["error", "skip", "zero"]), _scalars), "model": _scalars,
@@ -383,11 +388,16 @@ def test_random_bodies_never_500(client: FlaskClient, body: Any, fmt: str, path:
     assume(fmt == "json" or packable(body))
     resp = post(client, body, path, fmt=fmt)
     assert resp.status_code in (200, 400, 413, 415, 422), resp.data
-    out = decode(resp)
+    if resp.mimetype != MSGPACK:
+        # strict JSON: no NaN/Infinity, valid UTF-8
+        out = json.loads(resp.data.decode("utf-8"), parse_constant=lambda c: pytest.fail(f"{c} in the response"))
+    else:
+        out = decode(resp)
     assert "X-Request-Id" in resp.headers
     if resp.status_code == 200:
         assert set(out) == {"id", "results", "meta"}
         assert isinstance(out["results"], list)
+        assert all(np.isfinite(r["relevance_score"]) for r in out["results"])
     else:
         assert set(out) == {"error"} and set(out["error"]) == {"code", "message"}
 
@@ -424,7 +434,9 @@ def test_gunicorn_settings_and_cli_errors(capsys: pytest.CaptureFixture[str]) ->
     from tilde.cli import main
 
     s = settings(ServerConfig(port=9, workers=3))
-    assert s["bind"] == ["127.0.0.1:9"] and s["workers"] == 3 and s["worker_class"] == "sync"
+    assert s["bind"] == ["127.0.0.1:9"] and s["workers"] == 3 and s["worker_class"] == "service.worker.TildeWorker"
+    assert s["threads"] == 24 and s["keepalive"] == 0
+    assert settings(ServerConfig(worker_class="sync"))["threads"] == 1
     assert s["accesslog"] is None and s["preload_app"] is True
     assert main(["serve"]) == 2
     assert "no index" in capsys.readouterr().err

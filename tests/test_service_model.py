@@ -99,7 +99,7 @@ def test_mismatched_model_is_refused(built: tuple[Path, Path], tmp_path: Path) -
     with torch.no_grad():
         net.tok_proj.bias.fill_(0.3)
     net.save_pretrained(str(other))
-    with pytest.raises(ModelMismatchError, match="not the model the index"):
+    with pytest.raises(ModelMismatchError, match="not the one the index"):
         create_app(ServiceConfig(index=str(index), model=str(other)))
     app = create_app(ServiceConfig(index=str(index), model=str(other), check_model=False))
     assert app.test_client().get("/ready").status_code == 200

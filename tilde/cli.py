@@ -35,6 +35,26 @@ class CommandError(Exception):
     """An error a command reports as one line, with exit status 2 (no traceback)."""
 
 
+# Top-level modules of the optional dependencies -> the extra that installs them.
+EXTRAS = {
+    "torch": "index", "transformers": "index", "safetensors": "index", "tqdm": "index",
+    "huggingface_hub": "index",
+    "flask": "service", "gunicorn": "service", "msgpack": "service", "prometheus_client": "service",
+    "Stemmer": "service",
+    "ir_measures": "eval", "bm25s": "eval", "matplotlib": "eval",
+}
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """One line naming the extra to install for a missing optional dependency (None: not one)."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return (f"this command needs the optional dependency {top!r} (the [{extra}] extra): "
+            f"pip install 'tilde[{extra}]' (or 'tilde[all]'), then re-run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tilde", description="TILDEv2 passage re-ranking on CPUs")
     parser.add_argument("--version", action="version", version=f"tilde {__version__}")
@@ -59,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     try:
         return int(module.main(args) or 0)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra_message(exc)
+        if hint is None or args.verbose:
+            raise
+        print(f"tilde {args.command}: error: {hint}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tilde: interrupted", file=sys.stderr)
         return 130
@@ -71,4 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m tilde.cli` runs this file as __main__, while commands raise tilde.cli.CommandError:
+    # run the main of the imported tilde.cli, whose except clause knows that class.
+    from tilde.cli import main as _main
+
+    sys.exit(_main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -66,9 +67,11 @@ def _results(rows: Sequence[Mapping[str, Any]]) -> list[Result]:
 
 
 class Client:
-    """``Client(url, format="json"|"msgpack")``; one keep-alive connection per thread."""
+    """``Client(url, format="json"|"msgpack", api_key=None)``; one keep-alive connection per thread.
+    ``api_key`` (default: the ``TILDE_API_KEY`` env var) is sent as ``Authorization: Bearer``."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", format: str = "json", timeout: float = 30.0) -> None:
+    def __init__(self, url: str = "http://127.0.0.1:8000", format: str = "json", timeout: float = 30.0,
+                 api_key: str | None = None) -> None:
         if format not in ("json", "msgpack"):
             raise ValueError(f"format must be 'json' or 'msgpack', not {format!r}")
         parts = urllib.parse.urlsplit(url)
@@ -82,6 +85,8 @@ class Client:
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self._mime = "application/msgpack" if format == "msgpack" else "application/json"
+        key = api_key if api_key is not None else os.environ.get("TILDE_API_KEY")
+        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
         self._local = threading.local()
         self._pack: Callable[[Any], bytes]
         self._unpack: Callable[[bytes], Any]
@@ -119,7 +124,7 @@ class Client:
         """Send one request; returns (status, decoded body, headers). Retries once on a connection the
         server closed while idle."""
         data = None if body is None else self._pack(body)
-        headers = {"Accept": self._mime}
+        headers = {"Accept": self._mime, **self._auth}
         if data is not None:
             headers["Content-Type"] = self._mime
         for attempt in (0, 1):

@@ -133,7 +133,8 @@ def run_demo(
             + (f"; vectors from {dense})" if dense else ")"))
         summary: object = build_impact_index(
             mlm, collection, root / "index", top_k=recipe.top_k, max_length=recipe.max_length, dense_model=dense,
-            dense_codec=recipe.dense_codec, scoring=recipe.scoring if dense else {"mode": "mlm"}, overwrite=True,
+            dense_codec=recipe.dense_codec, dense_query_int8=recipe.dense_query_int8,
+            scoring=recipe.scoring if dense else {"mode": "mlm"}, overwrite=True,
             progress=False, batch_size=16)
     else:
         from tilde.expand.pipeline import build_pipeline

@@ -108,6 +108,7 @@ class Passage:
 class Query:
     qid: str
     text: str
+    line: int = field(default=0, compare=False)  # 1-based line in the queries file (0: not from a file)
 
 
 class RunEntry(NamedTuple):
@@ -391,7 +392,7 @@ def read_queries(path: StrPath) -> list[Query]:
             qid = qid.strip()
             if not qid:
                 raise FormatError("expected 'qid<TAB>text', got an empty qid", path=path, line=lineno)
-            q = Query(qid=qid, text=body)
+            q = Query(qid=qid, text=body, line=lineno)
         if q.qid in seen:
             raise FormatError(f"duplicate qid {q.qid!r} (first on line {seen[q.qid]})", path=path, line=lineno)
         seen[q.qid] = lineno
@@ -409,7 +410,9 @@ def _query_from_json(obj: dict[str, Any], path: StrPath, lineno: int) -> Query:
             path=path,
             line=lineno,
         )
-    return Query(qid=_as_id(obj[id_key], id_key, path, lineno), text=_json_str(obj, text_key, path, lineno))
+    return Query(
+        qid=_as_id(obj[id_key], id_key, path, lineno), text=_json_str(obj, text_key, path, lineno), line=lineno
+    )
 
 
 def read_qrels(path: StrPath) -> dict[str, dict[str, int]]:

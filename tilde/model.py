@@ -91,8 +91,12 @@ def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device 
     Refuses checkpoints without a trained ``tok_proj`` (a plain BERT would load with a random
     projection and produce meaningless weights silently)."""
     name = str(name_or_path)
-    if not Path(name).exists() and looks_local(name):
-        raise ModelError(f"{name}: no such model directory")
+    if not Path(name).exists():
+        if looks_local(name):
+            raise ModelError(f"{name}: no such model directory")
+        from tilde.hub import resolve_hub_id
+
+        name = resolve_hub_id(name, "TILDEv2 model")  # fails fast when the hub is unreachable
     try:
         model, info = TildeV2.from_pretrained(name, output_loading_info=True)
     except OSError as exc:

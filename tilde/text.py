@@ -143,6 +143,11 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
     elif looks_local(name_or_path):
         raise TokenizerError(f"{name_or_path}: no such file or directory")
     else:
+        from tilde.hub import resolve_hub_id  # fail fast when the hub is unreachable
+
+        local = resolve_hub_id(str(name_or_path), "tokenizer")
+        if local != str(name_or_path):
+            return load_tokenizer(local)
         try:
             tok = Tokenizer.from_pretrained(str(name_or_path))
         except Exception as exc:  # the hub client raises many types; all mean "not loadable"

@@ -32,6 +32,14 @@ def add_impact_arguments(p: argparse.ArgumentParser) -> None:
 def is_mlm_checkpoint(model: str) -> bool:
     """True for a masked-LM checkpoint (``BertForMaskedLM``: impact weights), False for TILDEv2."""
     config = Path(model) / "config.json"
+    if not config.is_file() and not Path(model).exists():
+        from tilde.hub import resolve_hub_id
+        from tilde.text import looks_local
+
+        if looks_local(model):
+            raise FileNotFoundError(f"{model}: no such model directory")
+        model = resolve_hub_id(model)  # fails at once when the hub is unreachable (or gives the cached copy)
+        config = Path(model) / "config.json"
     if config.is_file():
         archs = json.loads(config.read_text("utf-8")).get("architectures") or []
     else:
@@ -82,5 +90,6 @@ def impact_settings(args: argparse.Namespace, announce: Callable[[str], None]) -
         "dense_model": dense,
         "dense_codec": args.dense_codec or recipe.dense_codec,
         "query_encoders": not args.no_query_encoders,
+        "dense_query_int8": recipe.dense_query_int8 if dense is not None else False,
         "scoring": scoring,
     }

@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--missing", choices=("error", "skip", "zero"), default="error",
                    help="candidates not in the index: fail, leave out, or append with score 0 (default error)")
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the one stored with the index)")
+    p.add_argument("--empty-queries", choices=("error", "skip"), default="error",
+                   help="run queries whose text is empty (or only spaces): fail naming them (default), or leave "
+                        "them out of the output and say how many")
     p.add_argument("--tag", default="tilde")
     p.add_argument("--feedback", default="index", help="query-time pseudo-relevance feedback: index (default: what "
                    "the index's model recommends), off, or DOCS,TERMS,WEIGHT (e.g. 5,30,0.5)")
@@ -53,11 +56,27 @@ def main(args: argparse.Namespace) -> int:
         "--feedback off for plain TILDEv2)" if fb is not None else "scoring: plain TILDEv2 (no feedback)",
         file=sys.stderr,
     )
-    queries = {q.qid: q.text for q in read_queries(args.queries)}
+    read = read_queries(args.queries)
+    queries = {q.qid: q.text for q in read}
     run = read_run(args.run)
+    if not run:
+        raise CommandError(f"{args.run}: the run file holds no entries (nothing to re-rank)")
     absent = [qid for qid in run if qid not in queries]
     if absent:
         raise CommandError(f"{len(absent)} run queries have no text in {args.queries}, e.g. {absent[:5]}")
+    empty = [q for q in read if q.qid in run and not q.text.strip()]
+    if empty and args.empty_queries == "error":
+        shown = ", ".join(f"{q.qid!r} (line {q.line})" for q in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise CommandError(
+            f"{len(empty)} run quer{'y has' if len(empty) == 1 else 'ies have'} empty text in {args.queries}: "
+            f"{shown}{more}; fix them, or pass --empty-queries skip to leave them out of the output"
+        )
+    skipped = {q.qid for q in empty}
+    if skipped:
+        run = {qid: entries for qid, entries in run.items() if qid not in skipped}
+        print(f"skipping {len(skipped)} run quer{'y' if len(skipped) == 1 else 'ies'} with empty text "
+              f"(--empty-queries skip), e.g. {sorted(skipped)[:5]}", file=sys.stderr)
     reranker.warmup()
     recorder.reset()
     out: dict[str, list[tuple[str, float]]] = {}
@@ -74,6 +93,8 @@ def main(args: argparse.Namespace) -> int:
         per_query.append((time.perf_counter() - t0) * 1e3)
         n_missing += len(res.missing)
         out[qid] = [(d.docid, d.score) for d in res.results]
+    if not out:
+        raise CommandError("no query left to re-rank (every run query has empty text); nothing written")
     write_run(args.output, out, fmt=args.format, tag=args.tag)
     n = len(per_query)
     cands_total = sum(len(v) for v in run.values())

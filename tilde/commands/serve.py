@@ -1,8 +1,9 @@
 """tilde serve --index DIR [--model M] [--host H] [--port P] [--workers N]: the REST service on gunicorn.
 
 Every flag falls back to a ``TILDE_*`` env var (``--max-documents`` ↔ ``TILDE_MAX_DOCUMENTS``), then
-to the default. Binds to 127.0.0.1 unless told otherwise. SIGTERM stops gracefully (in-flight
-requests finish); SIGINT/Ctrl-C stops quickly.
+to the default. Binds to 127.0.0.1 unless told otherwise; with ``--api-key`` (or ``TILDE_API_KEYS``,
+``--api-key-file``) every endpoint but /health and /ready needs ``Authorization: Bearer <key>``.
+SIGTERM stops gracefully (in-flight and already-queued requests finish); SIGINT/Ctrl-C stops quickly.
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to bind (env TILDE_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (env TILDE_PORT, default 8000)")
     p.add_argument("--workers", type=int, help="worker processes sharing the memory-mapped index (default 2)")
-    p.add_argument("--worker-class", choices=("sync", "gthread"),
-                   help="gunicorn worker class (default sync; gthread keeps connections alive)")
-    p.add_argument("--threads", type=int, help="threads per worker, gthread only (default 1)")
+    p.add_argument("--worker-class", choices=("tilde", "sync", "gthread"),
+                   help="gunicorn worker class (default tilde: threads with read deadlines, JSON transport errors, "
+                        "no reset on SIGTERM; sync and gthread are gunicorn's own, for comparison)")
+    p.add_argument("--threads", type=int, help="threads per worker: connections read or served at once "
+                                               "(default 24; 1 for sync)")
+    p.add_argument("--keepalive", type=int, help="seconds an idle connection is kept open (default 0: close after "
+                                                 "each response, which spreads connections over the workers)")
+    p.add_argument("--header-timeout", type=float, help="seconds a client gets to send its headers (default 10)")
+    p.add_argument("--body-timeout", type=float, help="seconds a client gets to send its body (default 30)")
     p.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,
                    help="open the index in the master and fork (default), or open it in each worker")
     p.add_argument("--missing", choices=("error", "skip", "zero"),
@@ -46,6 +53,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-queries", type=int, help="queries per batch request (default 256)")
     p.add_argument("--max-encode", type=int, help="texts encoded on the fly per request (default 32)")
     p.add_argument("--max-body-bytes", type=int, help="request body limit (default 16 MiB)")
+    p.add_argument("--max-candidates", type=int, help="candidates per request, summed over a batch (default 100000)")
+    p.add_argument("--max-work", type=int, help="scoring work per request: candidates x distinct query tokens "
+                                                "(default 20000000)")
+    p.add_argument("--max-response-bytes", type=int, help="estimated response size limit (default 32 MiB)")
+    p.add_argument("--max-query-chars-total", type=int, help="query characters per request, summed over a batch "
+                                                             "(default 100000)")
+    p.add_argument("--max-query-encodes", type=int, help="query-encoder passes (mlm/dense modes) per request "
+                                                         "(default 64)")
+    p.add_argument("--deadline", type=float, help="seconds a request may take once its body is read; then a JSON 503 "
+                                                  "(default 10)")
+    p.add_argument("--max-queue", type=int, help="requests a worker lets wait while busy; more get 429 (default 8)")
+    p.add_argument("--api-key", action="append", help="require Authorization: Bearer KEY (repeatable; env "
+                                                      "TILDE_API_KEYS, comma-separated)")
+    p.add_argument("--api-key-file", help="a file of API keys, one per line (env TILDE_API_KEY_FILE)")
+    p.add_argument("--expose-paths", action="store_true", default=None,
+                   help="/info shows absolute paths and the worker pid (default: file names only)")
     p.add_argument("--meter", choices=("auto", "rapl", "cpu", "none"), help="energy meter (default auto)")
     p.add_argument("--access-log", help="access log: '-' for stderr or a file (default: off)")
     p.add_argument("--log-level", help="gunicorn log level (default warning)")
@@ -74,19 +97,30 @@ def main(args: argparse.Namespace) -> int:
     # Env first: prometheus_client picks its multiprocess mode when imported, and the tokenizer
     # must not use its thread pool in a process that forks.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from service.config import ServerConfig, ServiceConfig, from_env
+    from tilde._packages import service_module
+
+    config = service_module("config")
+    ServerConfig, ServiceConfig, from_env = config.ServerConfig, config.ServiceConfig, config.from_env
 
     service = from_env(
         ServiceConfig, index=args.index, model=args.model, tokenizer=args.tokenizer, bm25=args.bm25,
         missing=args.missing, feedback=args.feedback, mode=args.mode, dense_model=args.dense_model,
         max_documents=args.max_documents, max_batch_queries=args.max_batch_queries, max_encode=args.max_encode,
-        max_body_bytes=args.max_body_bytes, meter=args.meter,
+        max_body_bytes=args.max_body_bytes, meter=args.meter, max_candidates=args.max_candidates,
+        max_work=args.max_work, max_response_bytes=args.max_response_bytes, deadline=args.deadline,
+        max_query_chars_total=args.max_query_chars_total, max_query_encodes=args.max_query_encodes,
+        max_queue=args.max_queue, api_keys=",".join(args.api_key) if args.api_key else None,
+        api_key_file=args.api_key_file, expose_paths=args.expose_paths,
     )
     server = from_env(
         ServerConfig, host=args.host, port=args.port, workers=args.workers, worker_class=args.worker_class,
         threads=args.threads, preload=args.preload, access_log=args.access_log, log_level=args.log_level,
-        timeout=args.timeout, graceful_timeout=args.graceful_timeout,
+        timeout=args.timeout, graceful_timeout=args.graceful_timeout, keepalive=args.keepalive,
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout,
     )
+    # The worker class reads its read deadlines from the environment it inherits.
+    os.environ["TILDE_HEADER_TIMEOUT"] = str(server.header_timeout)
+    os.environ["TILDE_BODY_TIMEOUT"] = str(server.body_timeout)
     if not service.index:
         raise CommandError("no index: pass --index DIR (or set TILDE_INDEX)")
     if not os.path.isdir(service.index):
@@ -116,13 +150,17 @@ def main(args: argparse.Namespace) -> int:
             service = dataclasses.replace(service, model=str(default_model_path()))
             print(f"tilde serve: no --model given: texts not in the index are encoded with the embedded default "
                   f"{DEFAULT_MODEL}, as the index was (--model none turns this off)", file=sys.stderr)
+    keys = service.keys()
+    if not keys and server.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"tilde serve: WARNING: listening on {server.host} without an API key: anyone who can reach the port "
+              f"can use the service; pass --api-key (or TILDE_API_KEYS / --api-key-file)", file=sys.stderr)
     metrics_dir = None
     if server.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="tilde-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
-    from service import gunicorn_conf
-    from service.app import create_app
+    gunicorn_conf = service_module("gunicorn_conf")
+    create_app = service_module("app").create_app
 
     def loader() -> Any:
         # With preload this runs once in the master (fail fast: a bad index or model stops here, before
@@ -133,12 +171,20 @@ def main(args: argparse.Namespace) -> int:
         gc.freeze()
         return app
 
+    from tilde.rank.scoring import Scoring, parse_scoring
+
+    recommended = Scoring.from_dict(manifest.scoring) if manifest.scoring else Scoring("tokens")
+    scoring_label = (f"{recommended} (as the index recommends)" if service.mode == "index"
+                     else str(parse_scoring(service.mode, recommended)))
+
     def when_ready(arbiter: Any) -> None:
         mode = "index preloaded in the master" if server.preload else "index opened per worker"
-        kind = f"{server.worker_class} x {server.threads} threads" if server.worker_class == "gthread" else "sync"
+        threads = server.threads_per_worker
+        kind = f"{server.worker_class} x {threads} threads" if threads > 1 else server.worker_class
+        auth = f"API key required ({len(keys)} key(s))" if keys else "no API key"
         print(f"tilde serve: http://{server.bind} ready ({server.workers} {kind} worker(s), {mode}; "
-              f"index {service.index}{', model ' + service.model if service.model else ''})", file=sys.stderr,
-              flush=True)
+              f"index {service.index}{', model ' + service.model if service.model else ''}; scoring "
+              f"{scoring_label}; {auth})", file=sys.stderr, flush=True)
 
     hooks: dict[str, Callable[..., Any]] = {
         "post_worker_init": gunicorn_conf.post_worker_init,

@@ -26,6 +26,7 @@ from tilde.expand.base import Expander, Expansion
 from tilde.expand.parts import PartStats, PartStore, copy_files, job_sidecar_path, partial_dir
 from tilde.expand.scan import scan_collection
 from tilde.index.build import expansion_meta_path
+from tilde.index.writer import remove_stale_temp_files
 from tilde.io import (
     FormatError,
     Passage,
@@ -134,6 +135,10 @@ def expand_collection(
     elif out.exists():
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed while concatenating (SIGKILL, power loss) leaves its temporary files behind;
+    # only this job's are removed (other shards may be writing beside it).
+    remove_stale_temp_files(out.parent, [out.name, expansion_meta_path(out).name, job_sidecar_path(out).name])
+    remove_stale_temp_files(partial_dir(out))
 
     recorder = recorder or Recorder(default_meter(scope="process"), keep=False)
     started = time.perf_counter()

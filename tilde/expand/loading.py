@@ -68,8 +68,12 @@ def load_expander(
     from transformers import AutoConfig, BertForMaskedLM, BertLMHeadModel
 
     name = str(model)
-    if not Path(name).exists() and looks_local(name):
-        raise ModelError(f"{name}: no such model directory")
+    if not Path(name).exists():
+        if looks_local(name):
+            raise ModelError(f"{name}: no such model directory")
+        from tilde.hub import resolve_hub_id
+
+        name = resolve_hub_id(name, "expansion model")  # fails fast when the hub is unreachable
     if kind not in ("auto", *EXPANDER_KINDS):
         raise ValueError(f"expander must be auto, tilde or mlm, not {kind!r}")
     try:

@@ -154,6 +154,6 @@ def build_pipeline(
     index = build_index(
         model, index_input, out, tokenizer=tokenizer, batch_size=batch_size, chunk_batches=chunk_batches,
         device=device, weight_dtype=weight_dtype, progress=progress, recorder=recorder,
-        stop_after_chunks=_stop(stop_after, "index"), engine=engine,
+        stop_after_chunks=_stop(stop_after, "index"), command="tilde build", engine=engine,
     )
     return PipelineSummary(output=out, expansion=expansion, index=index, reused=tuple(reused))

@@ -17,6 +17,7 @@ from typing import Any
 
 from tilde.expand.parts import PartStats, copy_files, job_sidecar_path
 from tilde.index.build import expansion_meta_path
+from tilde.index.writer import remove_stale_temp_files
 from tilde.io import atomic_path, atomic_write_text, open_text
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ def concat_shards(
     out = Path(output)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    # Temporary files of a concatenation that was killed (SIGKILL, power loss) into this output.
+    remove_stale_temp_files(out.parent, [out.name, expansion_meta_path(out).name, job_sidecar_path(out).name])
     entries = []
     for name in shards:
         path = Path(name)

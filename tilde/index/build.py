@@ -58,11 +58,17 @@ class BuildSummary:
     joules: float
     method: str
     empty_passages: int
-    resumed_from: int
+    resumed_from: int  # passages found finished in the chunks of an earlier, interrupted run
+    encoded_now: int = -1  # passages this run encoded (-1: all of them)
+
+    @property
+    def done_now(self) -> int:
+        return self.passages if self.encoded_now < 0 else self.encoded_now
 
     @property
     def passages_per_s(self) -> float:
-        return self.passages / self.seconds if self.seconds > 0 else 0.0
+        """Passages this run encoded per second (resumed passages cost nothing and do not count)."""
+        return self.done_now / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def bytes_per_posting(self) -> float:
@@ -73,8 +79,12 @@ class BuildSummary:
             f"indexed {self.passages} passages ({self.empty_passages} with no postings) into {self.output}: "
             f"{self.postings} postings, {self.bytes_per_posting:.2f} bytes/posting (postings arrays), "
             f"{self.seconds:.1f} s, {self.passages_per_s:.1f} passages/s, {self.joules:.1f} J "
-            f"({self.joules / max(self.passages, 1):.4f} J/passage, {self.method})"
-            + (f"; resumed after {self.resumed_from} passages" if self.resumed_from else "")
+            f"({self.joules / max(self.done_now, 1):.4f} J/passage, {self.method})"
+            + (
+                f"; resumed: {self.resumed_from} of {self.passages} passages were already encoded, "
+                f"{self.done_now} encoded now"
+                if self.resumed_from else ""
+            )
         )
 
 
@@ -125,6 +135,7 @@ def build_index(
     progress: bool = True,
     recorder: Recorder | None = None,
     stop_after_chunks: int | None = None,
+    command: str = "tilde index",
     engine: ChunkEngine | None = None,
 ) -> BuildSummary:
     """Encode ``collection`` with TILDEv2 ``model`` and write a memory-mappable index to ``output``.
@@ -139,7 +150,8 @@ def build_index(
     job, text = factory()
     return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
                      shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
-                     recorder=recorder, stop_after_chunks=stop_after_chunks, engine=engine, job_factory=factory)
+                     recorder=recorder, stop_after_chunks=stop_after_chunks, command=command, engine=engine,
+                     job_factory=factory)
 
 
 def tildev2_job(model: str, *, tokenizer: str | None = None, device: str = "cpu") -> tuple[BuildJob, TextProcessor]:
@@ -263,10 +275,12 @@ def run_build(
     progress: bool = True,
     recorder: Recorder | None = None,
     stop_after_chunks: int | None = None,
+    command: str = "tilde index",
     engine: ChunkEngine | None = None,
     job_factory: JobFactory | None = None,
 ) -> BuildSummary:
     """The resumable, shardable, metered chunk loop shared by every kind of index build.
+    ``command`` is what an unfinished build's hint tells the user to re-run.
 
     With ``engine``, the chunks are encoded by it (each worker rebuilds the job with
     ``job_factory``) and written here, the same files as a local build writes."""
@@ -300,8 +314,12 @@ def run_build(
         )
 
     total = count_lines(coll)
+    if total == 0:
+        raise FormatError(f"{coll}: the collection is empty (no passages to index)")
     i, n = shard
     start, stop = i * total // n, (i + 1) * total // n
+    if start == stop:
+        raise ValueError(f"shard {i}/{n} of {coll} is empty ({total} passages for {n} shards)")
     chunk_size = batch_size * chunk_batches
     identity = {
         **collection_identity(coll),
@@ -311,9 +329,9 @@ def run_build(
         "batch_size": batch_size,
         "chunk_size": chunk_size,
     }
-    store = ChunkStore(out, identity)
+    store = ChunkStore(out, identity, command=command)
     done_chunks = store.completed()
-    resume_row = start + done_chunks * chunk_size
+    resume_row = min(start + done_chunks * chunk_size, stop)
     bar = _progress(stop - start, min(resume_row, stop) - start, progress)
 
     def passages() -> Iterator[Passage]:
@@ -344,12 +362,19 @@ def run_build(
             written_chunks += 1
             if stop_after_chunks is not None and written_chunks >= stop_after_chunks:
                 raise KeyboardInterrupt("stopped after the requested number of chunks")
+    except BaseException:
+        if store.completed() == 0:
+            store.remove()  # nothing finished: leave no unfinished build behind to trip up the re-run
+        raise
     finally:
         close = getattr(encoded, "close", None)
         if close is not None:
             close()  # an engine's generator shuts its workers down
         if bar is not None:
             bar.close()
+    if store.completed() == 0:
+        store.remove()
+        raise FormatError(f"{coll}: no passages in rows {start}..{stop} of the collection (nothing to index)")
 
     extra_fields: Mapping[str, Any] = job.before_finalize(out) if job.before_finalize is not None else {}
     manifest = replace(
@@ -375,4 +400,5 @@ def run_build(
         method=recorder.method,
         empty_passages=empty,
         resumed_from=resume_row - start,
+        encoded_now=stop - resume_row,
     )

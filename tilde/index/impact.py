@@ -33,7 +33,8 @@ from tilde.text import TextProcessor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_IMPACT_TOP_K", "build_impact_index", "impact_job", "impact_postings"]
+__all__ = ["DEFAULT_IMPACT_TOP_K", "build_impact_index", "export_query_encoders", "impact_job", "impact_postings",
+           "refresh_query_encoders"]
 
 DEFAULT_IMPACT_TOP_K = 200
 
@@ -73,13 +74,62 @@ def impact_postings(expander: Any, passages: Sequence[Sequence[int]], stop_mask:
 
 
 def _encoder_meta(folder: Path) -> dict[str, Any]:
-    import hashlib
     import json
+
+    from tilde.encoders.spec import sha256_file
 
     meta_path = folder / "encoder.json"
     meta = json.loads(meta_path.read_text("utf-8")) if meta_path.is_file() else {}
-    h = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
-    return {"kind": meta.get("kind"), "sha256": h}
+    return {"kind": meta.get("kind"), "quantization": meta.get("quantization"),
+            "sha256": sha256_file(folder / "model.onnx")}
+
+
+def export_query_encoders(out: Path, model: str, dense_model: str | None, dense_int8: bool = False) -> dict[str, Any]:
+    """Export (or keep, when already there with the same settings) the ONNX query encoders of an
+    impact index into ``out/query/{mlm,dense}``; returns the manifest's ``query_encoders``."""
+    import json
+
+    from tilde.encoders.export import export_dense_encoder, export_mlm_query_encoder
+    from tilde.index.writer import QUERY_DIR
+
+    found: dict[str, Any] = {}
+    targets: list[tuple[str, str, Any, bool]] = [("mlm", model, export_mlm_query_encoder, False)]
+    if dense_model is not None:
+        targets.append(("dense", dense_model, export_dense_encoder, dense_int8))
+    for kind, source, export, quantize in targets:
+        folder = out / QUERY_DIR / kind
+        meta_path = folder / "encoder.json"
+        current = json.loads(meta_path.read_text("utf-8")) if meta_path.is_file() else None
+        if current is None or bool(current.get("quantization")) != quantize:  # a resumed build keeps an export
+            export(source, folder, quantize=quantize)
+        found[kind] = {"path": f"{QUERY_DIR}/{kind}", **_encoder_meta(folder)}
+    return found
+
+
+def refresh_query_encoders(index: Path, model: str, dense_model: str | None, dense_int8: bool = False,
+                           scoring: Mapping[str, Any] | None = None) -> bool:
+    """Bring a finished impact index's query side to these settings (its query encoders, e.g. an
+    int8 dense one, and, when given, the scoring it recommends) without touching its postings or
+    vectors; True when the manifest changed."""
+    from dataclasses import replace
+
+    from tilde.index.format import MANIFEST
+    from tilde.io import atomic_write_text
+
+    path = Path(index) / MANIFEST
+    manifest = Manifest.from_json(path.read_text("utf-8"), str(path))
+    found = export_query_encoders(Path(index), model, dense_model, dense_int8=dense_int8)
+    rec = dict(scoring) if scoring is not None else manifest.scoring
+    if dict(manifest.query_encoders or {}) == found and manifest.scoring == rec:
+        return False
+    from tilde.index.format import file_entries
+    from tilde.index.writer import QUERY_DIR
+
+    files = {k: v for k, v in dict(manifest.files or {}).items() if not k.startswith(QUERY_DIR + "/")}
+    files.update(file_entries(Path(index), [QUERY_DIR]))
+    atomic_write_text(path, replace(manifest, query_encoders=found, scoring=rec,
+                                    files=dict(sorted(files.items()))).to_json())
+    return True
 
 
 def build_impact_index(
@@ -93,6 +143,7 @@ def build_impact_index(
     dense_codec: str = "fp16",
     dense_max_length: int | None = None,
     query_encoders: bool = True,
+    dense_query_int8: bool = False,
     scoring: Mapping[str, Any] | None = None,
     tokenizer: str | None = None,
     batch_size: int = 32,
@@ -105,6 +156,7 @@ def build_impact_index(
     progress: bool = True,
     recorder: Recorder | None = None,
     stop_after_chunks: int | None = None,
+    command: str = "tilde build",
     engine: ChunkEngine | None = None,
 ) -> BuildSummary:
     """Index ``collection`` with the impact weights of the MLM ``model`` (and, with
@@ -114,11 +166,13 @@ def build_impact_index(
     query side needs nothing but the index directory."""
     factory = partial(impact_job, model, top_k=top_k, max_length=max_length, dense_model=dense_model,
                       dense_codec=dense_codec, dense_max_length=dense_max_length, query_encoders=query_encoders,
-                      scoring=scoring, tokenizer=tokenizer, device=device, dtype=dtype)
+                      dense_query_int8=dense_query_int8, scoring=scoring, tokenizer=tokenizer, device=device,
+                      dtype=dtype)
     job, text = factory()
     return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
                      shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
-                     recorder=recorder, stop_after_chunks=stop_after_chunks, engine=engine, job_factory=factory)
+                     recorder=recorder, stop_after_chunks=stop_after_chunks, command=command, engine=engine,
+                     job_factory=factory)
 
 
 def impact_job(
@@ -130,6 +184,7 @@ def impact_job(
     dense_codec: str = "fp16",
     dense_max_length: int | None = None,
     query_encoders: bool = True,
+    dense_query_int8: bool = False,
     scoring: Mapping[str, Any] | None = None,
     tokenizer: str | None = None,
     device: str = "cpu",
@@ -188,19 +243,7 @@ def impact_job(
     def export_encoders(out: Path) -> Mapping[str, Any]:
         if not query_encoders:
             return {}
-        from tilde.encoders.export import export_dense_encoder, export_mlm_query_encoder
-        from tilde.index.writer import QUERY_DIR
-
-        found: dict[str, Any] = {}
-        targets = [("mlm", model, export_mlm_query_encoder)]
-        if dense_model is not None:
-            targets.append(("dense", dense_model, export_dense_encoder))
-        for kind, source, export in targets:
-            folder = out / QUERY_DIR / kind
-            if not (folder / "encoder.json").is_file():  # a resumed build keeps a finished export
-                export(source, folder)
-            found[kind] = {"path": f"{QUERY_DIR}/{kind}", **_encoder_meta(folder)}
-        return {"query_encoders": found}
+        return {"query_encoders": export_query_encoders(out, model, dense_model, dense_int8=dense_query_int8)}
 
     job = BuildJob(encode_batch, identity, manifest, before_finalize=export_encoders, dense_codec=dense_codec)
     return job, text

@@ -72,5 +72,5 @@ def merge_indexes(
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / TOKENIZER) as tmp:
         tmp.write_bytes((opened[0].path / TOKENIZER).read_bytes())
-    manifest = replace(first, shard=None)
-    return finalize(list(chunks()), out, manifest, weight_dtype=weight_dtype)
+    manifest = replace(first, shard=None, files=None)
+    return finalize(list(chunks()), out, manifest, weight_dtype=weight_dtype, extra_files=[TOKENIZER])

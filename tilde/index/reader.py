@@ -18,6 +18,7 @@ from tilde.index.format import (
     DOCIDS,
     DOCIDS_ORDER,
     DOCIDS_SORTED,
+    HASH,
     MANIFEST,
     OFFSETS,
     TOKENIZER,
@@ -25,6 +26,7 @@ from tilde.index.format import (
     WEIGHTS,
     IndexFormatError,
     Manifest,
+    file_digest,
 )
 from tilde.index.keys import int_keys, str_keys
 
@@ -38,7 +40,7 @@ def _load(path: Path, dtype: npt.DTypeLike, shape: tuple[int, ...], mmap: bool) 
         raise IndexFormatError(f"{path}: missing (the index is incomplete; rebuild it)")
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, TypeError) as exc:
         # np.load of a truncated .npy raises "mmap length is greater than file size" and friends.
         raise IndexFormatError(f"{path}: damaged array file ({exc})") from exc
     expected = np.dtype(dtype)
@@ -47,6 +49,15 @@ def _load(path: Path, dtype: npt.DTypeLike, shape: tuple[int, ...], mmap: bool) 
     if arr.shape != shape:
         raise IndexFormatError(f"{path}: shape {arr.shape}, manifest says {shape}")
     return arr
+
+
+def _partial_command(root: Path) -> str:
+    """The command that left an unfinished build in ``root`` (recorded by the build job)."""
+    try:
+        name = (root / ".partial" / "command").read_text("utf-8").strip()
+    except OSError:
+        name = ""
+    return name if name in ("tilde index", "tilde build") else "tilde index"
 
 
 @dataclass(frozen=True)
@@ -64,31 +75,73 @@ class TildeIndex:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], mmap: bool = True) -> TildeIndex:
-        """Open and validate an index directory. Every check here is O(1) in the index size
-        (shapes, dtypes, end offsets); :meth:`verify` does the full O(N) scan."""
+        """Open and validate an index directory. Nothing here reads the postings: the manifest's
+        fields are range-checked, every file it lists is stat'ed against its recorded size, array
+        shapes and dtypes are compared, and the per-passage arrays (O(N) in passages, 8 bytes
+        each) are checked where damage would mislead: offsets span the postings and never
+        decrease, the lookup array is strictly ascending, row orders lie inside the index.
+        :meth:`verify` does the full scan (every posting, every digest)."""
         root = Path(path)
         if not root.is_dir():
             raise IndexFormatError(f"{root}: no such index directory")
         mpath = root / MANIFEST
         if not mpath.is_file():
-            hint = " (an unfinished build: re-run `tilde index` to resume)" if (root / ".partial").exists() else ""
+            hint = ""
+            if (root / ".partial").exists():
+                command = _partial_command(root)
+                hint = f" (an unfinished build: re-run the same `{command}` command to resume)"
+            elif (root / "expanded.jsonl.partial").exists() or (root / "expanded.jsonl").exists():
+                hint = " (an unfinished `tilde build`: re-run the same command to resume)"
             raise IndexFormatError(f"{root}: no {MANIFEST}; not a tilde index{hint}")
-        m = Manifest.from_json(mpath.read_text("utf-8"), str(mpath))
+        try:
+            text = mpath.read_text("utf-8")
+        except UnicodeDecodeError as exc:
+            raise IndexFormatError(f"{mpath}: manifest is not UTF-8 text ({exc})") from None
+        m = Manifest.from_json(text, str(mpath))
+        for rel, entry in (m.files or {}).items():
+            fp = root / rel
+            try:
+                size = fp.stat().st_size
+            except OSError:
+                raise IndexFormatError(f"{fp}: missing (listed in {MANIFEST}); the index is incomplete or damaged") \
+                    from None
+            if size != entry["size"]:
+                raise IndexFormatError(
+                    f"{fp}: {size} bytes, {MANIFEST} says {entry['size']}; the file is damaged (truncated or replaced)"
+                )
         n, p = m.num_passages, m.num_postings
         offsets = _load(root / OFFSETS, np.int64, (n + 1,), mmap)
         tokens = _load(root / TOKENS, m.token_dtype, (p,), mmap)
         weights = _load(root / WEIGHTS, m.weight_dtype, (p,), mmap)
         if offsets[0] != 0 or offsets[-1] != p:
-            raise IndexFormatError(f"{root}: offsets do not span the postings (0..{p}); the index is damaged")
+            raise IndexFormatError(
+                f"{root / OFFSETS}: offsets do not span the postings (0..{p}); the index is damaged"
+            )
+        if n > 1 and bool(np.any(offsets[1:] < offsets[:-1])):
+            row = int(np.flatnonzero(offsets[1:] < offsets[:-1])[0])
+            raise IndexFormatError(
+                f"{root / OFFSETS}: offsets decrease at row {row} ({int(offsets[row])} > {int(offsets[row + 1])}); "
+                f"the index is damaged"
+            )
         if m.docid_kind == "range":
             return cls(root, m, offsets, tokens, weights, None, None, None)
         id_dtype = np.int64 if m.docid_kind == "int" else np.dtype("S1")
         docids = _load(root / DOCIDS, id_dtype, (n,), mmap)
         order = None
         sorted_ids = docids
+        sorted_name = DOCIDS
         if not m.docids_sorted:
             sorted_ids = _load(root / DOCIDS_SORTED, docids.dtype, (n,), mmap)
             order = _load(root / DOCIDS_ORDER, np.int64, (n,), mmap)
+            sorted_name = DOCIDS_SORTED
+            if n and (int(order.min()) < 0 or int(order.max()) >= n):
+                raise IndexFormatError(
+                    f"{root / DOCIDS_ORDER}: row numbers outside 0..{n - 1}; the index is damaged"
+                )
+        if n > 1 and not bool(np.all(sorted_ids[1:] > sorted_ids[:-1])):
+            raise IndexFormatError(
+                f"{root / sorted_name}: docid lookup array is not strictly ascending; the index is damaged"
+            )
         return cls(root, m, offsets, tokens, weights, docids, sorted_ids, order)
 
     def __len__(self) -> int:
@@ -99,7 +152,11 @@ class TildeIndex:
         """float32 value of every possible stored weight code: the kernel reads weights through
         it, so float16 and uint8 indexes share one scoring loop."""
         if self.manifest.weight_dtype == "float16":
-            return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+            table = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+            # Stored weights are ReLU outputs: a negative or non-finite one is damage. Mapping those
+            # codes to NaN lets the kernels notice them (a NaN sum) at no cost per posting.
+            table[(table < 0) | ~np.isfinite(table)] = np.nan
+            return table
         assert self.manifest.weight_scale is not None
         return (np.arange(256, dtype=np.float64) * self.manifest.weight_scale).astype(np.float32)
 
@@ -187,24 +244,135 @@ class TildeIndex:
             pages += int(touched.size)
         return pages
 
-    def verify(self) -> None:
-        """Full O(N + P) consistency scan (``tilde index verify``)."""
+    def verify(self, checksums: bool = True) -> list[str]:
+        """Full O(N + P) scan (``tilde index verify``): every listed file's size and digest, then
+        every invariant of every array and of the stored tokenizer. Raises
+        :class:`IndexFormatError` naming the file at the first problem; returns notes (e.g. an
+        index written before tilde recorded digests)."""
+        notes: list[str] = []
+        root, m = self.path, self.manifest
+        if m.files is None:
+            notes.append(f"{MANIFEST} lists no file digests (written by an older tilde): arrays checked, not digests")
+        elif checksums:
+            for rel, entry in m.files.items():
+                fp = root / rel
+                if not fp.is_file():
+                    raise IndexFormatError(f"{fp}: missing (listed in {MANIFEST}); the index is incomplete or damaged")
+                if fp.stat().st_size != entry["size"]:
+                    raise IndexFormatError(f"{fp}: {fp.stat().st_size} bytes, {MANIFEST} says {entry['size']}")
+                if file_digest(fp) != entry[HASH]:
+                    raise IndexFormatError(
+                        f"{fp}: contents differ from the {HASH} digest in {MANIFEST}; the file is damaged"
+                    )
         off = np.asarray(self.offsets)
-        if np.any(np.diff(off) < 0):
-            raise IndexFormatError(f"{self.path}: offsets are not monotonic")
-        toks = np.asarray(self.tokens)
-        if toks.size and int(toks.max()) >= self.manifest.vocab_size:
-            raise IndexFormatError(f"{self.path}: token id beyond the vocabulary")
-        step = np.diff(toks.astype(np.int64))
-        starts = off[1:-1]
-        bad = step <= 0
-        bad[starts[(starts > 0) & (starts < toks.size)] - 1] = False  # row boundaries may go down
-        if np.any(bad):
-            raise IndexFormatError(f"{self.path}: tokens not strictly increasing within a row")
-        if self.weights.dtype == np.float16:
-            w = np.asarray(self.weights)
-            if not np.all(np.isfinite(w)) or np.any(w < 0):
-                raise IndexFormatError(f"{self.path}: negative or non-finite weights")
-        ds = np.asarray(self.docids_sorted) if self.docids_sorted is not None else np.zeros(0)
-        if ds.size > 1 and np.any(ds[1:] <= ds[:-1]):
-            raise IndexFormatError(f"{self.path}: docid lookup array is not strictly sorted")
+        p = m.num_postings
+        if off.size and (off[0] != 0 or off[-1] != p or np.any(np.diff(off) < 0)):
+            raise IndexFormatError(f"{root / OFFSETS}: offsets are not monotonic from 0 to {p}")
+        self._verify_postings(off)
+        n = len(self)
+        if self.docids is not None:
+            ids = np.asarray(self.docids)
+            if ids.dtype.kind == "i" and n and int(ids.min()) < 0:
+                raise IndexFormatError(f"{root / DOCIDS}: negative docid")
+            if self.docids_order is None:
+                if n > 1 and np.any(ids[1:] <= ids[:-1]):
+                    raise IndexFormatError(f"{root / DOCIDS}: docids not strictly ascending (manifest says sorted)")
+            else:
+                order = np.asarray(self.docids_order)
+                seen = np.zeros(n, dtype=np.bool_)
+                if n and (int(order.min()) < 0 or int(order.max()) >= n):
+                    raise IndexFormatError(f"{root / DOCIDS_ORDER}: row numbers outside 0..{n - 1}")
+                seen[order] = True
+                if not np.all(seen):
+                    raise IndexFormatError(f"{root / DOCIDS_ORDER}: not a permutation of the rows")
+                ds = np.asarray(self.docids_sorted)
+                if n > 1 and np.any(ds[1:] <= ds[:-1]):
+                    raise IndexFormatError(f"{root / DOCIDS_SORTED}: not strictly ascending")
+                if not np.array_equal(ids[order], ds):
+                    raise IndexFormatError(
+                        f"{root / DOCIDS_SORTED}: disagrees with {DOCIDS} reordered by {DOCIDS_ORDER}"
+                    )
+        tok_path = root / TOKENIZER
+        if tok_path.is_file():
+            from tilde.text import TextProcessor
+
+            try:
+                text = TextProcessor.load(tok_path)
+                vocab_size, vocab_sha = text.vocab_size, text.vocab_hash
+            except Exception as exc:  # tokenizers raises its own exception type
+                raise IndexFormatError(f"{tok_path}: not a loadable tokenizer ({exc})") from None
+            self.check_tokenizer(vocab_sha, vocab_size, where=str(tok_path))
+        else:
+            notes.append(f"no {TOKENIZER} stored: queries need --tokenizer")
+        return notes
+
+    def _verify_postings(self, off: np.ndarray, block: int = 1 << 24) -> None:
+        """Tokens strictly increasing within each row and below the vocabulary size, weights
+        finite and >= 0: in blocks of whole rows (~16M postings), so that verifying an MS MARCO
+        index needs a few hundred MB, not a copy of the postings."""
+        root, vocab, n = self.path, self.manifest.vocab_size, len(self)
+        f16 = self.weights.dtype == np.float16
+        row = 0
+        while row < n:
+            end = int(np.searchsorted(off, off[row] + block, side="right")) - 1
+            end = min(max(end, row + 1), n)
+            lo, hi = int(off[row]), int(off[end])
+            if hi > lo:
+                t = np.asarray(self.tokens[lo:hi]).astype(np.int64)
+                if int(t.max()) >= vocab:
+                    at = self._row_of(lo + int(np.argmax(t >= vocab)))
+                    raise IndexFormatError(
+                        f"{root / TOKENS}: token id {int(t.max())} beyond the vocabulary ({vocab}), row {at}"
+                    )
+                bad = np.diff(t) <= 0
+                starts = off[row + 1 : end] - lo
+                bad[starts[(starts > 0) & (starts < t.size)] - 1] = False  # row boundaries may go down
+                if np.any(bad):
+                    at = self._row_of(lo + int(np.argmax(bad)) + 1)
+                    raise IndexFormatError(f"{root / TOKENS}: token ids not strictly increasing within row {at}")
+                if f16:
+                    w = np.asarray(self.weights[lo:hi])
+                    badw = ~np.isfinite(w) | (w < 0)
+                    if np.any(badw):
+                        at = self._row_of(lo + int(np.argmax(badw)))
+                        raise IndexFormatError(f"{root / WEIGHTS}: negative or non-finite weight in row {at}")
+            row = end
+
+    def _row_of(self, posting: int) -> int:
+        """The row whose postings range holds ``posting``."""
+        return int(np.searchsorted(np.asarray(self.offsets), posting, side="right")) - 1
+
+    def _safe_docid(self, row: int) -> str:
+        try:
+            return repr(self.docid(row))
+        except (ValueError, IndexError):
+            return "unreadable"
+
+    def damage(self, rows: np.ndarray, what: str) -> IndexFormatError:
+        """The error for a kernel that refused these candidate ``rows`` (``what``: its message):
+        finds the first bad row and names the file that is damaged. Only runs after a refusal."""
+        root, n, p = self.path, len(self), self.manifest.num_postings
+        vocab = self.manifest.vocab_size
+        table = self.weight_table
+        hint = f"; the index is damaged (run `tilde index verify {root}`, then rebuild it)"
+        for r in np.asarray(rows, dtype=np.int64).tolist():
+            if r < 0:
+                continue
+            if r >= n:
+                return IndexFormatError(f"{root / DOCIDS_ORDER}: docid lookup gave row {r}, outside 0..{n - 1}{hint}")
+            lo, hi = int(self.offsets[r]), int(self.offsets[r + 1])
+            if not 0 <= lo <= hi <= p:
+                return IndexFormatError(f"{root / OFFSETS}: row {r} spans [{lo}, {hi}), outside 0..{p}{hint}")
+            t = np.asarray(self.tokens[lo:hi]).astype(np.int64)
+            if t.size and (int(t.max()) >= vocab or np.any(np.diff(t) <= 0)):
+                return IndexFormatError(
+                    f"{root / TOKENS}: row {r} (docid {self._safe_docid(r)}) holds token ids that are not strictly "
+                    f"increasing or not below the vocabulary size {vocab}{hint}"
+                )
+            c = np.asarray(self.weight_codes[lo:hi]).astype(np.int64)
+            if c.size and (int(c.max()) >= table.size or not np.all(np.isfinite(table[np.minimum(c, table.size - 1)]))):
+                return IndexFormatError(
+                    f"{root / WEIGHTS}: row {r} (docid {self._safe_docid(r)}) holds a negative or non-finite "
+                    f"weight{hint}"
+                )
+        return IndexFormatError(f"{root}: {what}{hint}")

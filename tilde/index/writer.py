@@ -8,8 +8,10 @@ and writes the manifest last.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -30,15 +32,57 @@ from tilde.index.format import (
     IndexFormatError,
     Manifest,
     docid_kind,
+    file_entries,
 )
 from tilde.io import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ChunkStore", "DuplicateDocidError", "finalize", "pool_postings"]
+__all__ = ["ChunkStore", "DuplicateDocidError", "finalize", "pool_postings", "remove_stale_temp_files"]
 
 PARTIAL = ".partial"
 QUERY_DIR = "query"  # the ONNX query encoders (tilde.encoders), when the index ships them
+COMMAND = "command"  # in .partial: which command started the build (named in the resume hint)
+
+# Names ``tilde.io.atomic_path`` gives its temporary files: ".tmp-<12 hex>.<target name>".
+_TEMP = re.compile(r"^\.tmp-[0-9a-f]{12}\.")
+
+
+def remove_stale_temp_files(folder: Path, targets: Iterable[str] | None = None) -> int:
+    """Delete temporary files that a killed job left in ``folder`` (an ``atomic_path`` cleans up
+    after exceptions, not after SIGKILL or power loss). With ``targets``, only those for these
+    final names (another job may be writing other files in the same folder). Returns the count."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    wanted = None if targets is None else set(targets)
+    removed = 0
+    for entry in folder.iterdir():
+        if not _TEMP.match(entry.name) or (wanted is not None and entry.name[18:] not in wanted):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        logger.info("removed %d temporary file(s) of an interrupted run from %s", removed, folder)
+    return removed
+
+
+class DiskFullError(OSError):
+    """No space left while writing the index (reported as one line by the CLI)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _check_disk_full(exc: OSError, out: Path) -> None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise DiskFullError(
+            exc.errno, f"{out}: no space left on the device while writing the index; free space and re-run "
+            f"the same command (finished chunks are kept)"
+        ) from None
 
 
 class DuplicateDocidError(IndexFormatError):
@@ -71,15 +115,24 @@ class ChunkStore:
     ``identity`` describes the job (collection, model, shard, batch and chunk sizes): resuming
     with a different job would splice incompatible chunks together, so it is refused."""
 
-    def __init__(self, output: Path, identity: Mapping[str, Any]) -> None:
+    def __init__(self, output: Path, identity: Mapping[str, Any], command: str = "tilde index") -> None:
         self.output = Path(output)
         self.dir = self.output / PARTIAL
         self.identity = dict(identity)
         self.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.dir)
+        remove_stale_temp_files(self.output)
         state = self.dir / "job.json"
         wanted = json.dumps(self.identity, sort_keys=True, indent=2)
+        if state.exists() and self.completed() == 0:
+            # A job that finished no chunk (e.g. stopped by a malformed line) has nothing to keep:
+            # whatever it was, the new job starts afresh instead of asking for --overwrite.
+            state.unlink()
         if state.exists():
-            found = json.loads(state.read_text("utf-8"))
+            try:
+                found = json.loads(state.read_text("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                found = {"unreadable job.json": True}
             if found != json.loads(wanted):
                 diff = sorted(k for k in set(found) | set(self.identity) if found.get(k) != self.identity.get(k))
                 raise IndexFormatError(
@@ -89,6 +142,7 @@ class ChunkStore:
                 )
         else:
             atomic_write_text(state, wanted)
+        atomic_write_text(self.dir / COMMAND, command + "\n")
 
     def _path(self, k: int) -> Path:
         return self.dir / f"chunk-{k:08d}.npz"
@@ -129,8 +183,10 @@ class ChunkStore:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _open_npy(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+def _write_npy_header(fh: Any, dtype: np.dtype, length: int) -> None:
+    """The .npy header of a 1-D array (as ``np.save`` writes it); the data follows."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)}
+    np.lib.format.write_array_header_1_0(fh, header)
 
 
 def _write_array(out: Path, name: str, arr: np.ndarray) -> None:
@@ -190,18 +246,45 @@ def finalize(
     weight_dtype: str = "float16",
     tokenizer: Any = None,
     dense_codec: str = "fp16",
+    extra_files: Sequence[str] = (),
 ) -> Manifest:
     """Assemble chunk data into the final arrays in ``out`` and write the manifest last.
 
-    ``manifest`` supplies identity fields; counts, dtypes and docid layout are filled in here.
-    Arrays are written to temporary names and renamed, so a crash leaves no half-written file
-    under a final name, and no manifest until everything else is in place."""
+    ``manifest`` supplies identity fields; counts, dtypes, docid layout and the file list are
+    filled in here. Arrays are written to temporary names and renamed, so a crash leaves no
+    half-written file under a final name, and no manifest until everything else is in place.
+
+    The manifest's ``files`` records size and digest of every file written here, plus
+    ``extra_files``: paths relative to ``out`` (files, or folders: every file below them) that
+    the caller placed there before calling, e.g. a copied tokenizer or another scoring mode's
+    arrays. ``tilde index verify`` checks every listed file; ``open()`` their sizes."""
     out = Path(out)
+    try:
+        if (out / QUERY_DIR).is_dir() and QUERY_DIR not in extra_files:  # query encoders shipped in the index
+            extra_files = [*extra_files, QUERY_DIR]
+        return _finalize(chunks, out, manifest, weight_dtype, tokenizer, extra_files, dense_codec)
+    except OSError as exc:
+        _check_disk_full(exc, out)
+        raise
+
+
+def _finalize(
+    chunks: Iterable[Mapping[str, np.ndarray]] | Sequence[Mapping[str, np.ndarray]],
+    out: Path,
+    manifest: Manifest,
+    weight_dtype: str,
+    tokenizer: Any,
+    extra_files: Sequence[str],
+    dense_codec: str = "fp16",
+) -> Manifest:
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # from here on the directory is not an index
+    remove_stale_temp_files(out)
+    written = [OFFSETS, TOKENS, WEIGHTS]
     if tokenizer is not None:  # a ``tokenizers.Tokenizer``: queries must use the one the weights belong to
         with atomic_path(out / TOKENIZER) as tmp:
             tokenizer.save(str(tmp))
+        written.append(TOKENIZER)
     chunks = list(chunks) if not isinstance(chunks, list) else chunks
     n = sum(len(c["lengths"]) for c in chunks)
     p = int(sum(int(c["lengths"].sum()) for c in chunks))
@@ -214,26 +297,29 @@ def finalize(
     elif weight_dtype != "float16":
         raise ValueError(f"weight dtype must be float16 or uint8, not {weight_dtype!r}")
 
-    with atomic_path(out / OFFSETS) as t_off, atomic_path(out / TOKENS) as t_tok, atomic_path(out / WEIGHTS) as t_w:
-        offsets = _open_npy(Path(t_off), np.int64, (n + 1,))
-        tokens = _open_npy(Path(t_tok), np.dtype(token_dtype), (p,))
-        weights = _open_npy(Path(t_w), np.dtype(weight_dtype), (p,))
-        offsets[0] = 0
+    # Plain sequential writes, not a writable memmap: writing through a memmap onto a full disk
+    # ends the process with SIGBUS, a write() gets ENOSPC (reported as one line).
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
+    with atomic_path(out / TOKENS) as t_tok, atomic_path(out / WEIGHTS) as t_w, \
+            open(t_tok, "wb") as f_tok, open(t_w, "wb") as f_w:
+        _write_npy_header(f_tok, np.dtype(token_dtype), p)
+        _write_npy_header(f_w, np.dtype(weight_dtype), p)
         row = pos = 0
         for c in chunks:
             lengths, k = c["lengths"], len(c["lengths"])
             offsets[row + 1 : row + 1 + k] = pos + np.cumsum(lengths)
             m = int(lengths.sum())
-            tokens[pos : pos + m] = c["tokens"]
+            f_tok.write(np.ascontiguousarray(c["tokens"][:m], dtype=token_dtype).tobytes())
             if scale is None:
-                weights[pos : pos + m] = c["weights"]
+                w = np.ascontiguousarray(c["weights"][:m], dtype=np.float16)
             else:
-                q = np.rint(c["weights"].astype(np.float32) / scale)
-                weights[pos : pos + m] = np.clip(q, 0, 255).astype(np.uint8)
+                w = np.clip(np.rint(c["weights"][:m].astype(np.float32) / scale), 0, 255).astype(np.uint8)
+            f_w.write(w.tobytes())
             row, pos = row + k, pos + m
-        for arr in (offsets, tokens, weights):
-            arr.flush()
-        del offsets, tokens, weights
+        f_tok.flush()
+        f_w.flush()
+        _write_array(out, OFFSETS, offsets)
     docids = [str(d) for c in chunks for d in c["docids"]]
     kind, ascending = write_docids(out, docids)
     dense_meta = manifest.dense
@@ -246,11 +332,15 @@ def finalize(
         with atomic_path(out / DENSE_FILE) as tmp:
             meta = write_dense(tmp, np.concatenate([c["dense"] for c in chunks]), codec=dense_codec)
         dense_meta = {**(dict(dense_meta) if dense_meta else {}), **meta}
+        written.append(DENSE_FILE)
     else:
         from tilde.index.dense import DENSE_FILE
 
         (out / DENSE_FILE).unlink(missing_ok=True)
         dense_meta = None
+    if kind != "range":
+        written += [DOCIDS] if ascending else [DOCIDS, DOCIDS_SORTED, DOCIDS_ORDER]
+    files = file_entries(out, [*written, *(x for x in extra_files if x not in written)])
     final = replace(
         manifest,
         num_passages=n,
@@ -261,6 +351,7 @@ def finalize(
         docid_kind=kind,
         docids_sorted=ascending,
         dense=dense_meta,
+        files=files,
     )
     atomic_write_text(out / MANIFEST, final.to_json())
     logger.info("wrote index %s: %d passages, %d postings", out, n, p)

@@ -29,7 +29,12 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["Feedback", "feedback_arg", "feedback_terms", "parse_feedback"]
+__all__ = ["MAX_DOCS", "MAX_TERMS", "Feedback", "feedback_arg", "feedback_terms", "parse_feedback"]
+
+# Upper bounds: beyond these a setting is a mistake (or a damaged manifest), not a choice. Feedback
+# reads every posting of ``docs`` passages per query; 1,000 is already two orders past any useful value.
+MAX_DOCS = 1000
+MAX_TERMS = 10000
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,14 @@ class Feedback:
     weight: float = 0.5  # weight of the heaviest expansion token, a query token counting 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.docs, int) or self.docs < 1:
-            raise ValueError(f"feedback docs must be an integer >= 1, not {self.docs!r}")
-        if not isinstance(self.terms, int) or self.terms < 1:
-            raise ValueError(f"feedback terms must be an integer >= 1, not {self.terms!r}")
-        if not (isinstance(self.weight, (int, float)) and 0 < float(self.weight) < float("inf")):
+        if not isinstance(self.docs, int) or isinstance(self.docs, bool) or not 1 <= self.docs <= MAX_DOCS:
+            raise ValueError(f"feedback docs must be an integer in [1, {MAX_DOCS}], not {self.docs!r}")
+        if not isinstance(self.terms, int) or isinstance(self.terms, bool) or not 1 <= self.terms <= MAX_TERMS:
+            raise ValueError(f"feedback terms must be an integer in [1, {MAX_TERMS}], not {self.terms!r}")
+        if not (
+            isinstance(self.weight, (int, float)) and not isinstance(self.weight, bool)
+            and 0 < float(self.weight) < float("inf")
+        ):
             raise ValueError(f"feedback weight must be a positive number, not {self.weight!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,31 +107,49 @@ def feedback_terms(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expansion tokens (ascending ids) and their weights from the postings of ``rows`` (the
     feedback passages, weighted by ``row_scores``), leaving out the sorted ids in ``exclude``
-    (the query's own tokens)."""
+    (the query's own tokens).
+
+    Memory-safe whatever the arrays hold: a row outside the index, offsets outside the postings,
+    a token id >= ``vocab_size``, a weight code outside ``table`` or a negative/non-finite weight
+    raise ValueError (the caller names the damaged file) instead of reading or writing out of bounds."""
     acc = np.zeros(vocab_size, dtype=np.float64)
     mark = np.zeros(vocab_size, dtype=np.bool_)
     empty = np.empty(0, dtype=np.int64)
     touched = []
     n_docs = 0
+    n_rows = offsets.shape[0] - 1
+    n_post = min(tokens.shape[0], codes.shape[0])
+    n_codes = table.shape[0]
     for i in range(rows.shape[0]):
         r = rows[i]
+        if r < 0 or r >= n_rows:
+            raise ValueError("feedback row outside the index")
         lo = offsets[r]
         hi = offsets[r + 1]
+        if lo < 0 or hi < lo or hi > n_post:
+            raise ValueError("row offsets outside the postings")
         total = 0.0
         for k in range(lo, hi):
-            total += table[codes[k]]
+            c = codes[k]
+            if c >= n_codes:
+                raise ValueError("weight code outside the weight table")
+            total += table[c]
+        if not total >= 0.0:  # NaN: the table maps negative and non-finite weights to NaN
+            raise ValueError("negative or non-finite weight")
         if total <= 0.0 or row_scores[i] <= 0.0:
             continue
         n_docs += 1
         scale = row_scores[i] / total
         for k in range(lo, hi):
             t = np.int64(tokens[k])
+            if t >= vocab_size:
+                raise ValueError("token id beyond the vocabulary")
             if not mark[t]:
                 mark[t] = True
                 touched.append(t)
             acc[t] += table[codes[k]] * scale
     for t in exclude:
-        if t < vocab_size:
+        if 0 <= t < vocab_size:
             acc[t] = 0.0
     if n_docs == 0 or len(touched) == 0:
         return empty, np.empty(0, dtype=np.float64)

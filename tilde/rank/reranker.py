@@ -122,6 +122,7 @@ class Reranker:
         # Bind the arrays once: attribute lookups through the dataclass cost more than the kernel
         # on small candidate lists.
         self._arrays = (index.offsets, index.tokens, index.weight_codes, index.weight_table)
+        self._vocab = int(index.manifest.vocab_size)
 
     @classmethod
     def load(
@@ -139,7 +140,18 @@ class Reranker:
         = the mode the index recommends (``tokens`` when it recommends none), a mode name
         (``tokens``, ``mlm``, ``dense``, ``fused``, ``fused:mlm=0.3,...``) or a :class:`Scoring`."""
         index = TildeIndex.open(index_dir)
-        text = TextProcessor.load(tokenizer if tokenizer is not None else index.tokenizer_path)
+        if tokenizer is None:
+            if not index.tokenizer_path.is_file():
+                raise IndexFormatError(f"{index.tokenizer_path}: missing; the index stores no tokenizer (pass one)")
+            try:
+                text = TextProcessor.load(index.tokenizer_path)
+            except Exception as exc:  # tokenizers raises its own exception type for a damaged file
+                first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+                raise IndexFormatError(
+                    f"{index.tokenizer_path}: not a loadable tokenizer ({first}); the index is damaged"
+                ) from None
+        else:
+            text = TextProcessor.load(tokenizer)
         return cls(index, text, missing=missing, recorder=recorder, feedback=feedback, scoring=scoring)
 
     def with_feedback(self, feedback: Feedback | str | None) -> Reranker:
@@ -241,8 +253,14 @@ class Reranker:
                 score_rows_dense(offsets, tokens, codes, table, none, none, np.zeros(0), vocab)
 
     def score_ids(self, query_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Plain TILDEv2 scores of index ``rows`` (-1: 0.0). A damaged index raises
+        :class:`IndexFormatError` naming the file (the kernel refuses; it never reads out of bounds)."""
         q, counts = prepare_query(query_ids)
-        return score_rows(*self._arrays, np.ascontiguousarray(rows, dtype=np.int64), q, counts)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        try:
+            return score_rows(*self._arrays, rows, q, counts, self._vocab)
+        except ValueError as exc:
+            raise self.index.damage(rows, str(exc)) from None
 
     def rerank(
         self,
@@ -398,21 +416,28 @@ class Reranker:
         if best.size == 0:
             return none
         offsets, tokens, codes, table = self._arrays
-        ids, weights = feedback_terms(
-            offsets,
-            tokens,
-            codes,
-            table,
-            np.ascontiguousarray(rows[best], dtype=np.int64),
-            np.ascontiguousarray(scores[best], dtype=np.float64),
-            np.unique(q.astype(np.int64)),
-            fb.terms,
-            float(fb.weight),
-            int(self.index.manifest.vocab_size),
-        )
+        fb_rows = np.ascontiguousarray(rows[best], dtype=np.int64)
+        try:
+            ids, weights = feedback_terms(
+                offsets,
+                tokens,
+                codes,
+                table,
+                fb_rows,
+                np.ascontiguousarray(scores[best], dtype=np.float64),
+                np.unique(q.astype(np.int64)),
+                fb.terms,
+                float(fb.weight),
+                self._vocab,
+            )
+        except ValueError as exc:
+            raise self.index.damage(fb_rows, str(exc)) from None
         if ids.size:
             rows64 = np.ascontiguousarray(rows, dtype=np.int64)
-            scores += score_rows_dense(*self._arrays, rows64, ids, weights, int(self.index.manifest.vocab_size))
+            try:
+                scores += score_rows_dense(*self._arrays, rows64, ids, weights, self._vocab)
+            except ValueError as exc:
+                raise self.index.damage(rows64, str(exc)) from None
         return ids, weights
 
     def rerank_batch(
