@@ -21,7 +21,7 @@ from tilde.index.ray_engine import RayEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("offsets.npy", "tokens.npy", "weights.npy", "docids.npy", "docids_sorted.npy", "docids_order.npy",
-         "tokenizer.json", "manifest.json")
+         "tokenizer.json", "manifest.json", "dense.faiss")
 
 
 def _bytes(folder: Path) -> dict[str, bytes]:
@@ -111,20 +111,22 @@ def test_ray_build_equals_the_local_build_and_resumes(local_ray: None, tiny_mode
 
 
 @pytest.mark.slow
-def test_ray_impact_build_equals_the_local_build(local_ray: None, tiny_mlm: Path, tmp_path: Path) -> None:
+def test_ray_impact_build_equals_the_local_build(local_ray: None, tiny_mlm: Path, tiny_bi_encoder: Path,
+                                                 tmp_path: Path) -> None:
     from tilde.index.impact import build_impact_index
 
     coll = _collection(tmp_path / "c.tsv", 23)
-    kw = {"top_k": 20, "max_length": 32, "dense_model": None, "query_encoders": False, "batch_size": 4,
-          "chunk_batches": 2, "progress": False}
+    kw = {"top_k": 20, "max_length": 32, "dense_model": str(tiny_bi_encoder), "query_encoders": False,
+          "batch_size": 4, "chunk_batches": 2, "progress": False}
     build_impact_index(str(tiny_mlm), coll, tmp_path / "local", **kw)  # type: ignore[arg-type]
     # across engines: a local build interrupted after one chunk, finished on Ray
     with pytest.raises(KeyboardInterrupt):
         build_impact_index(str(tiny_mlm), coll, tmp_path / "ray", stop_after_chunks=1, **kw)  # type: ignore[arg-type]
     s = build_impact_index(str(tiny_mlm), coll, tmp_path / "ray", engine=RayEngine(actors=2), **kw)  # type: ignore[arg-type]
     assert s.resumed_from == 8
-    assert _bytes(tmp_path / "ray") == _bytes(tmp_path / "local")
-    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["weighting"] == "impact"
+    files = _bytes(tmp_path / "ray")
+    assert files == _bytes(tmp_path / "local") and "dense.faiss" in files  # the dense part too
+    assert json.loads(files["manifest.json"])["weighting"] == "impact"
 
 
 @pytest.mark.slow
