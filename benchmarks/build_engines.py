@@ -9,7 +9,7 @@ passages (../shared/data/dl21/passages.tsv), three ways:
   all CPUs (plain actors holding the model; the driver reads and writes the chunks);
 - ``ray-data`` (``--ray-data``): the same chunk work as ``Dataset.map_batches`` over an actor
   pool (``concurrency=actors``) on ``ray.data.from_items`` of the chunks, for the choice between
-  the two (the engine uses plain actors).
+  the two (the engine uses plain actors; this probe needs ``pip install 'ray[data]==2.60.0'``).
 
 Passages/s is the whole build as the summary reports it: the Ray figures include starting Ray
 (``ray.init``) and the actors (each imports torch and loads the model), which a longer build
