@@ -94,6 +94,12 @@ def main() -> None:
     args = ap.parse_args()
     if not DATA.is_file():
         sys.exit(f"needs {DATA}")
+    try:
+        import ray  # noqa: F401
+        if args.ray_data:
+            import ray.data  # noqa: F401
+    except ImportError:
+        sys.exit("needs pip install 'tilde[ray]' (and 'ray[data]==2.60.0' for --ray-data)")
     from tilde.index.impact import build_impact_index
     from tilde.index.ray_engine import RayEngine
     from tilde.models import bundled_path
