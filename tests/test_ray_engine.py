@@ -155,9 +155,12 @@ def test_cli_index_engine_ray(local_ray: None, tiny_model: Path, tmp_path: Path,
     assert _bytes(tmp_path / "ray") == _bytes(tmp_path / "local")
 
 
-def _dying_job(model: str, die_at_call: int) -> tuple[object, object]:
-    """The TILDEv2 job, except that the actor process exits abruptly at its ``die_at_call``-th batch."""
+def _dying_job(model: str, die_at_call: int, after: str) -> tuple[object, object]:
+    """The TILDEv2 job, except that the actor process exits abruptly at its ``die_at_call``-th
+    batch, once the file ``after`` exists (a result not yet delivered dies with its actor, so the
+    test waits until the driver has written the chunk before, to be deterministic)."""
     import dataclasses
+    import time
 
     from tilde.index.build import tildev2_job
 
@@ -167,6 +170,9 @@ def _dying_job(model: str, die_at_call: int) -> tuple[object, object]:
     def encode(batch, where):  # type: ignore[no-untyped-def]
         calls[0] += 1
         if calls[0] == die_at_call:
+            deadline = time.monotonic() + 120
+            while not os.path.exists(after) and time.monotonic() < deadline:
+                time.sleep(0.05)
             os._exit(1)  # a killed worker: no exception, no cleanup
         return job.encode(batch, where)
 
@@ -188,11 +194,12 @@ def test_a_killed_actor_fails_the_build_cleanly_and_it_resumes(local_ray: None, 
     kw = {"batch_size": 4, "chunk_batches": 2, "progress": False}
     build_index(str(tiny_model), coll, tmp_path / "local", **kw)  # type: ignore[arg-type]
     job, text = tildev2_job(str(tiny_model))
+    chunk0 = tmp_path / "ray" / ".partial" / "chunk-00000000.npz"
     # one actor: chunk 0 (batches 1-2) is written, the actor dies in its 4th batch (chunk 1)
     with pytest.raises(RayWorkerError, match="re-run the same command to resume"):
         run_build(job, text, coll, tmp_path / "ray", engine=RayEngine(actors=1),
-                  job_factory=partial(_dying_job, str(tiny_model), 4), **kw)  # type: ignore[arg-type]
-    assert (tmp_path / "ray" / ".partial" / "chunk-00000000.npz").is_file()
+                  job_factory=partial(_dying_job, str(tiny_model), 4, str(chunk0)), **kw)  # type: ignore[arg-type]
+    assert chunk0.is_file()
     assert not (tmp_path / "ray" / "manifest.json").exists()
     s = build_index(str(tiny_model), coll, tmp_path / "ray", engine=RayEngine(actors=2), **kw)  # type: ignore[arg-type]
     assert s.resumed_from == 8
