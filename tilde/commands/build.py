@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from tilde.cli import CommandError
+from tilde.commands._engine import add_engine_arguments, engine_from_args
 from tilde.commands._impact import add_impact_arguments, impact_settings, wants_impact
 
 
@@ -36,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "on a busy machine 1 can beat 2")
     p.add_argument("--no-progress", action="store_true")
     add_impact_arguments(p)
+    add_engine_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,7 +50,8 @@ def main(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise CommandError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    engine = engine_from_args(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() or args.ray_gpus_per_actor else "cpu")
     if wants_impact(args.model):
         from tilde.index.impact import build_impact_index
 
@@ -60,11 +63,13 @@ def main(args: argparse.Namespace) -> int:
         impact = build_impact_index(
             settings.pop("model"), args.collection, args.output, **settings, tokenizer=args.tokenizer,
             batch_size=args.batch_size, chunk_batches=args.chunk_batches, device=device, dtype=dtype,
-            weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress,
+            weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress, engine=engine,
         )
         print(impact.format())
         print(f"build complete: {args.output}")
         return 0
+    if engine is not None and args.expander != "none":
+        _stderr("--engine ray: the expansion stage runs on this machine; the index stage runs on Ray")
     summary = build_pipeline(
         args.collection,
         args.output,
@@ -82,6 +87,7 @@ def main(args: argparse.Namespace) -> int:
         weight_dtype=args.weights,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        engine=engine,
     )
     print(summary.format())
     return 0

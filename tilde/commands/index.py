@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tilde.commands._engine import add_engine_arguments, engine_from_args
 from tilde.commands._impact import add_impact_arguments, impact_settings, wants_impact
 
 
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing index or unfinished build")
     p.add_argument("--no-progress", action="store_true")
     add_impact_arguments(p)
+    add_engine_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,7 +36,8 @@ def main(args: argparse.Namespace) -> int:
     from tilde.index.build import build_index, parse_shard
     from tilde.models import resolve_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    engine = engine_from_args(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() or args.ray_gpus_per_actor else "cpu")
     if wants_impact(args.model):
         from tilde.index.impact import build_impact_index
 
@@ -43,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
             settings.pop("model"), args.collection, args.output, **settings, tokenizer=args.tokenizer,
             batch_size=args.batch_size, chunk_batches=args.chunk_batches, shard=parse_shard(args.shard),
             device=device, weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress,
+            engine=engine,
         )
         print(summary.format())
         return 0
@@ -58,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
         weight_dtype=args.weights,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        engine=engine,
     )
     print(summary.format())
     return 0

@@ -21,7 +21,7 @@ from typing import Any
 from tilde.expand.base import DEFAULT_MAX_LENGTH, DEFAULT_TOP_K
 from tilde.expand.job import ExpandSummary, expand_collection, remove_output
 from tilde.expand.parts import JobMismatchError, diff_keys, job_sidecar_path
-from tilde.index.build import BuildSummary, build_index, expansion_meta_path
+from tilde.index.build import BuildSummary, ChunkEngine, build_index, expansion_meta_path
 from tilde.index.format import MANIFEST, Manifest
 from tilde.index.writer import PARTIAL, remove_index_files
 from tilde.io import collection_identity
@@ -97,10 +97,11 @@ def build_pipeline(
     progress: bool = True,
     recorder: Recorder | None = None,
     stop_after: tuple[str, int] | None = None,
+    engine: ChunkEngine | None = None,
 ) -> PipelineSummary:
     """Expand ``collection`` with ``expander`` (None: no expansion) and index the result with the
     TILDEv2 ``model`` into ``output``. ``stop_after=("expand"|"index", chunks)`` simulates an
-    interruption of that stage (tests)."""
+    interruption of that stage (tests). ``engine`` runs the index stage's chunks (Ray)."""
     from tilde.expand.loading import load_expander
 
     coll, out = Path(collection), Path(output)
@@ -153,6 +154,6 @@ def build_pipeline(
     index = build_index(
         model, index_input, out, tokenizer=tokenizer, batch_size=batch_size, chunk_batches=chunk_batches,
         device=device, weight_dtype=weight_dtype, progress=progress, recorder=recorder,
-        stop_after_chunks=_stop(stop_after, "index"), command="tilde build",
+        stop_after_chunks=_stop(stop_after, "index"), command="tilde build", engine=engine,
     )
     return PipelineSummary(output=out, expansion=expansion, index=index, reused=tuple(reused))

@@ -11,8 +11,10 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ from tilde.text import TextProcessor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BuildJob", "BuildSummary", "build_index", "expansion_meta_path", "parse_shard", "run_build", "stop_id_mask"]
+__all__ = ["BuildJob", "BuildSummary", "ChunkEngine", "build_index", "encode_chunk", "expansion_meta_path",
+           "parse_shard", "run_build", "stop_id_mask", "tildev2_job"]
 
 
 def expansion_meta_path(collection: str | os.PathLike[str]) -> Path:
@@ -133,18 +136,30 @@ def build_index(
     recorder: Recorder | None = None,
     stop_after_chunks: int | None = None,
     command: str = "tilde index",
+    engine: ChunkEngine | None = None,
 ) -> BuildSummary:
     """Encode ``collection`` with TILDEv2 ``model`` and write a memory-mappable index to ``output``.
 
     Re-running after a crash resumes after the last complete chunk and yields the same bytes as
     an uninterrupted build (same batches, same arithmetic). ``stop_after_chunks`` simulates an
-    interruption (tests)."""
-    import torch
-
-    from tilde.model import MAX_PASSAGE_TOKENS, encode, load_model, passage_input_ids, weights_hash
+    interruption (tests). ``engine`` runs the chunks elsewhere (:mod:`tilde.index.ray_engine`)."""
     from tilde.models import resolve_model
 
     model = resolve_model(model)
+    factory = partial(tildev2_job, model, tokenizer=tokenizer, device=device)
+    job, text = factory()
+    return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
+                     shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
+                     recorder=recorder, stop_after_chunks=stop_after_chunks, command=command, engine=engine,
+                     job_factory=factory)
+
+
+def tildev2_job(model: str, *, tokenizer: str | None = None, device: str = "cpu") -> tuple[BuildJob, TextProcessor]:
+    """The TILDEv2 build job (the model loaded on ``device``) and its tokenizer."""
+    import torch
+
+    from tilde.model import MAX_PASSAGE_TOKENS, encode, load_model, passage_input_ids, weights_hash
+
     text = TextProcessor.load(tokenizer if tokenizer is not None else model)
     net = load_model(model, device=device)
     model_sha = weights_hash(net)
@@ -166,9 +181,7 @@ def build_index(
         feedback=model_feedback(net.config, where=str(model)),
     )
     job = BuildJob(encode_batch, {"model_sha256": model_sha, "max_passage_tokens": MAX_PASSAGE_TOKENS}, manifest)
-    return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
-                     shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
-                     recorder=recorder, stop_after_chunks=stop_after_chunks, command=command)
+    return job, text
 
 
 Postings = tuple[np.ndarray, np.ndarray]
@@ -195,6 +208,59 @@ class BuildJob:
     dense_codec: str = "fp16"
 
 
+# One chunk's encoded content: its docids, postings and (optionally) dense vectors.
+ChunkResult = tuple[list[str], list[Postings], np.ndarray | None]
+# Builds the job again where the chunks are encoded (a picklable callable: a Ray actor calls it once).
+JobFactory = Callable[[], tuple[BuildJob, TextProcessor]]
+
+
+def encode_chunk(
+    job: BuildJob, passages: list[Passage], batch_size: int, where: str,
+    recorder: Recorder | None = None, on_batch: Callable[[int], None] | None = None,
+) -> ChunkResult:
+    """The work of one chunk, wherever it runs: consecutive batches of ``batch_size`` passages
+    through ``job.encode`` (so every engine feeds the model the same batches)."""
+    docids: list[str] = []
+    postings: list[Postings] = []
+    dense: list[np.ndarray] = []
+    for s in range(0, len(passages), batch_size):
+        batch = passages[s : s + batch_size]
+        with recorder.measure("encode", items=len(batch)) if recorder is not None else nullcontext():
+            post, vectors = job.encode(batch, where)
+        docids.extend(p.pid for p in batch)
+        postings.extend(post)
+        if vectors is not None:
+            dense.append(vectors)
+        if on_batch is not None:
+            on_batch(len(batch))
+    return docids, postings, np.concatenate(dense) if dense else None
+
+
+class ChunkEngine:
+    """Runs the chunk work somewhere else than this process (:class:`tilde.index.ray_engine.RayEngine`).
+
+    ``encode_chunks`` receives the chunks still to do as ``(k, passages)`` in order and yields
+    ``(k, result, joules)`` in the same order, ``joules`` being energy spent outside this
+    process (the meter of this process counts the rest); ``progress(n)`` reports passages done."""
+
+    def encode_chunks(
+        self, factory: JobFactory, job: BuildJob, chunks: Iterable[tuple[int, list[Passage]]], *,
+        batch_size: int, where: str, recorder: Recorder, progress: Callable[[int], None],
+    ) -> Iterator[tuple[int, ChunkResult, float]]:
+        raise NotImplementedError
+
+
+def _chunked(passages: Iterable[Passage], size: int, first: int) -> Iterator[tuple[int, list[Passage]]]:
+    k, chunk = first, []
+    for p in passages:
+        chunk.append(p)
+        if len(chunk) == size:
+            yield k, chunk
+            k, chunk = k + 1, []
+    if chunk:
+        yield k, chunk
+
+
 def run_build(
     job: BuildJob,
     text: TextProcessor,
@@ -210,9 +276,16 @@ def run_build(
     recorder: Recorder | None = None,
     stop_after_chunks: int | None = None,
     command: str = "tilde index",
+    engine: ChunkEngine | None = None,
+    job_factory: JobFactory | None = None,
 ) -> BuildSummary:
     """The resumable, shardable, metered chunk loop shared by every kind of index build.
-    ``command`` is what an unfinished build's hint tells the user to re-run."""
+    ``command`` is what an unfinished build's hint tells the user to re-run.
+
+    With ``engine``, the chunks are encoded by it (each worker rebuilds the job with
+    ``job_factory``) and written here, the same files as a local build writes."""
+    if engine is not None and job_factory is None:
+        raise ValueError("an engine needs the job_factory that builds the job where the chunks are encoded")
     if batch_size < 1 or chunk_batches < 1:
         raise ValueError("batch size and chunk size must be positive")
     if weight_dtype not in ("float16", "uint8"):
@@ -268,50 +341,35 @@ def run_build(
             if row >= resume_row:
                 yield p
 
-    k = done_chunks
-    buf_ids: list[str] = []
-    buf_post: list[Postings] = []
-    buf_dense: list[np.ndarray] = []
-    batch: list[Passage] = []
-    written_chunks = 0
-
-    def flush_batch() -> None:
-        with recorder.measure("encode", items=len(batch)):
-            postings, dense = job.encode(batch, str(coll))
-        buf_ids.extend(p.pid for p in batch)
-        buf_post.extend(postings)
-        if dense is not None:
-            buf_dense.append(dense)
+    def advance(n: int) -> None:
         if bar is not None:
-            bar.update(len(batch))
-        batch.clear()
+            bar.update(n)
 
-    def write_chunk() -> None:
-        store.write(k, buf_ids, buf_post, dense=np.concatenate(buf_dense) if buf_dense else None)
-        buf_ids.clear()
-        buf_post.clear()
-        buf_dense.clear()
-
+    chunks = _chunked(passages(), chunk_size, first=done_chunks)
+    encoded: Iterator[tuple[int, ChunkResult, float]]
+    if engine is None:
+        encoded = ((k, encode_chunk(job, c, batch_size, str(coll), recorder, advance), 0.0) for k, c in chunks)
+    else:
+        assert job_factory is not None
+        encoded = engine.encode_chunks(job_factory, job, chunks, batch_size=batch_size, where=str(coll),
+                                       recorder=recorder, progress=advance)
+    written_chunks = 0
+    outside_joules = 0.0
     try:
-        for p in passages():
-            batch.append(p)
-            if len(batch) == batch_size:
-                flush_batch()
-                if len(buf_ids) == chunk_size:
-                    write_chunk()
-                    k += 1
-                    written_chunks += 1
-                    if stop_after_chunks is not None and written_chunks >= stop_after_chunks:
-                        raise KeyboardInterrupt("stopped after the requested number of chunks")
-        if batch:
-            flush_batch()
-        if buf_ids:
-            write_chunk()
+        for k, (docids, postings, dense), joules in encoded:
+            store.write(k, docids, postings, dense=dense)
+            outside_joules += joules
+            written_chunks += 1
+            if stop_after_chunks is not None and written_chunks >= stop_after_chunks:
+                raise KeyboardInterrupt("stopped after the requested number of chunks")
     except BaseException:
         if store.completed() == 0:
             store.remove()  # nothing finished: leave no unfinished build behind to trip up the re-run
         raise
     finally:
+        close = getattr(encoded, "close", None)
+        if close is not None:
+            close()  # an engine's generator shuts its workers down
         if bar is not None:
             bar.close()
     if store.completed() == 0:
@@ -338,7 +396,7 @@ def run_build(
         postings=final.num_postings,
         bytes_on_disk=size,
         seconds=seconds,
-        joules=recorder.meter.read() - joules0,
+        joules=recorder.meter.read() - joules0 + outside_joules,
         method=recorder.method,
         empty_passages=empty,
         resumed_from=resume_row - start,

@@ -19,19 +19,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tilde.index.build import BuildJob, BuildSummary, Postings, _passage_ids, run_build, stop_id_mask
+from tilde.index.build import BuildJob, BuildSummary, ChunkEngine, Postings, _passage_ids, run_build, stop_id_mask
 from tilde.index.format import Manifest
 from tilde.io import Passage
 from tilde.metering import Recorder
+from tilde.text import TextProcessor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_IMPACT_TOP_K", "build_impact_index", "export_query_encoders", "impact_postings",
+__all__ = ["DEFAULT_IMPACT_TOP_K", "build_impact_index", "export_query_encoders", "impact_job", "impact_postings",
            "refresh_query_encoders"]
 
 DEFAULT_IMPACT_TOP_K = 200
@@ -155,12 +157,40 @@ def build_impact_index(
     recorder: Recorder | None = None,
     stop_after_chunks: int | None = None,
     command: str = "tilde build",
+    engine: ChunkEngine | None = None,
 ) -> BuildSummary:
     """Index ``collection`` with the impact weights of the MLM ``model`` (and, with
     ``dense_model``, a bi-encoder vector per passage); resumable and shardable like
     :func:`tilde.index.build.build_index`. With ``query_encoders``, the ONNX query encoders the
     scoring modes need are exported into the index (``query/mlm``, ``query/dense``), so the
     query side needs nothing but the index directory."""
+    factory = partial(impact_job, model, top_k=top_k, max_length=max_length, dense_model=dense_model,
+                      dense_codec=dense_codec, dense_max_length=dense_max_length, query_encoders=query_encoders,
+                      dense_query_int8=dense_query_int8, scoring=scoring, tokenizer=tokenizer, device=device,
+                      dtype=dtype)
+    job, text = factory()
+    return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
+                     shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
+                     recorder=recorder, stop_after_chunks=stop_after_chunks, command=command, engine=engine,
+                     job_factory=factory)
+
+
+def impact_job(
+    model: str,
+    *,
+    top_k: int = DEFAULT_IMPACT_TOP_K,
+    max_length: int = 128,
+    dense_model: str | None = None,
+    dense_codec: str = "fp16",
+    dense_max_length: int | None = None,
+    query_encoders: bool = True,
+    dense_query_int8: bool = False,
+    scoring: Mapping[str, Any] | None = None,
+    tokenizer: str | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+) -> tuple[BuildJob, TextProcessor]:
+    """The impact build job (the models loaded on ``device``) and its tokenizer."""
     from tilde.expand.loading import load_expander
     from tilde.expand.mlm import MlmExpander
 
@@ -216,8 +246,6 @@ def build_impact_index(
         return {"query_encoders": export_query_encoders(out, model, dense_model, dense_int8=dense_query_int8)}
 
     job = BuildJob(encode_batch, identity, manifest, before_finalize=export_encoders, dense_codec=dense_codec)
-    return run_build(job, text, collection, output, batch_size=batch_size, chunk_batches=chunk_batches,
-                     shard=shard, weight_dtype=weight_dtype, overwrite=overwrite, progress=progress,
-                     recorder=recorder, stop_after_chunks=stop_after_chunks, command=command)
+    return job, text
 
 
