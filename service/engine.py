@@ -113,7 +113,7 @@ class Engine:
         (the budget check), else it is tokenized (and checked) here."""
         index = self.reranker.index
         if q is None:
-            self.query_ids(req.query, where)
+            q = self.query_ids(req.query, where)
             clock.lap("tokenize")
         n = len(req)
         docs = req.documents
@@ -135,7 +135,7 @@ class Engine:
             unknown[text_pos] = False
         try:
             scored = self.reranker.score(req.query, rows, mode=mode, first_stage=first_stage, texts=texts,
-                                         text_positions=text_pos)
+                                         text_positions=text_pos, query_ids=q)
         except IndexFormatError as exc:  # a mode this index cannot serve (no dense part, no query encoder)
             raise ApiError(422, f"{where}{exc}", "unsupported_mode") from None
         except ValueError as exc:  # a malformed mode

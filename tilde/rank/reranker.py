@@ -329,18 +329,23 @@ class Reranker:
         first_stage: np.ndarray | None = None,
         texts: EncodedTexts | None = None,
         text_positions: np.ndarray | None = None,
+        query_ids: np.ndarray | None = None,
     ) -> Scored:
         """Scores (unsorted, one per row) of index ``rows`` (-1: not in the index) for ``query``,
         in ``mode``. ``texts`` (:class:`EncodedTexts`, e.g. documents a service encoded on the
         fly) score the candidates at ``text_positions`` exactly as the index would score them if
-        it held them; fused scoring normalises over indexed candidates and texts together."""
+        it held them; fused scoring normalises over indexed candidates and texts together.
+        ``query_ids``: the query's token ids when the caller already has them (not tokenized twice)."""
         fb = self.feedback if feedback == "reranker" else self._feedback(feedback)
         sc = self.scoring if mode is None else self._scoring(mode)
         rec = self.recorder
         needed = sc.signals
         t0 = time.perf_counter()
-        with rec.measure("tokenize") if rec is not None else nullcontext():
-            q = self.text.query_ids(query)
+        if query_ids is not None:
+            q = np.asarray(query_ids, dtype=np.int64)
+        else:
+            with rec.measure("tokenize") if rec is not None else nullcontext():
+                q = self.text.query_ids(query)
         t1 = time.perf_counter()
         qvec: dict[str, Any] = {}
         if "mlm" in needed or "dense" in needed:
