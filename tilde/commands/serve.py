@@ -132,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
         service = dataclasses.replace(service, model=None)
     elif service.model is None and manifest.weighting == "impact":
         # An impact index gets its own MLM (and bi-encoder) for on-the-fly encoding, when found here.
-        from service.encoder import index_models
+        index_models = service_module("encoder").index_models
 
         mlm, dense = index_models(TildeIndex.open(service.index))
         if mlm is not None and (dense is not None or manifest.dense is None):
