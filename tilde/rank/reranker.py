@@ -119,6 +119,7 @@ class Reranker:
         # Run the two query encoders of a fused mode side by side (a thread; see _encode_query).
         self.parallel_encoders = (os.cpu_count() or 1) > 1
         self._pool: Any = None
+        self._pool_pid = 0
         # Bind the arrays once: attribute lookups through the dataclass cost more than the kernel
         # on small candidate lists.
         self._arrays = (index.offsets, index.tokens, index.weight_codes, index.weight_table)
@@ -188,10 +189,13 @@ class Reranker:
         kinds = [k for k in ("mlm", "dense") if k in needed]
         encoders = {k: self.encoder(k) for k in kinds}
         if len(kinds) == 2 and self.parallel_encoders:
-            if self._pool is None:
+            if self._pool is None or self._pool_pid != os.getpid():
+                # A pool made before a fork (a service's preloading master) has no thread in the
+                # child: its tasks would never run. Each process makes its own.
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tilde-query-encoder")
+                self._pool_pid = os.getpid()
             dense = self._pool.submit(encoders["dense"].encode, query)
             out = {"mlm": encoders["mlm"].encode(query)}
             out["dense"] = dense.result()
