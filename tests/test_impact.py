@@ -245,3 +245,19 @@ def test_service_scores_texts_like_the_index_in_every_mode(impact_index: Path, t
             assert texts[i] == pytest.approx(ids[i], abs=0 if mode in ("tokens", "mlm") else 2e-3)
     bad = client.post("/v1/rerank", json={"query": "fish", "ids": PIDS[:2], "mode": "nonsense"})
     assert bad.status_code == 422 and bad.get_json()["error"]["code"] == "invalid"
+
+
+def test_query_encoder_pool_is_made_per_process(impact_index: Path) -> None:
+    """A pool made before a fork has no thread in the child (a preloading service master):
+    the re-ranker makes a new one in each process."""
+    import os
+
+    rr = Reranker.load(impact_index)  # fused: both encoders, side by side
+    rr.parallel_encoders = True
+    first = rr.rerank("fish in the river bank", PIDS)
+    pool = rr._pool
+    assert pool is not None and rr._pool_pid == os.getpid()
+    rr._pool_pid = -1  # as in a forked child
+    again = rr.rerank("fish in the river bank", PIDS)
+    assert rr._pool is not pool and rr._pool_pid == os.getpid()
+    assert [d.docid for d in again.results] == [d.docid for d in first.results]
