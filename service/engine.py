@@ -108,9 +108,12 @@ class Engine:
     def rank(
         self, req: RerankRequest, policy: str, clock: StageClock, budget: EncodeBudget, where: str = "",
         mode: str | None = None, first_stage: np.ndarray | None = None, q: np.ndarray | None = None,
+        max_tokens_per_doc: int | None = None, max_chunks_per_doc: int | None = None,
     ) -> Ranked:
         """Rank one query's candidates; ``q``: its token ids when the caller already tokenized it
-        (the budget check), else it is tokenized (and checked) here."""
+        (the budget check), else it is tokenized (and checked) here. ``max_tokens_per_doc`` /
+        ``max_chunks_per_doc``: how texts encoded on the fly are cut into chunks (Cohere's
+        request fields; None: the service's defaults)."""
         index = self.reranker.index
         if q is None:
             q = self.query_ids(req.query, where)
