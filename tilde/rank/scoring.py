@@ -40,6 +40,9 @@ class Scoring:
     # Fusion weights by signal (mode "fused" only).
     weights: Mapping[str, float] = field(default_factory=dict)
     normalization: str = "minmax"
+    # Logistic calibration by mode ({"fused": {"a", "b"}}): tilde.rank.calibration. Data of the
+    # index, not part of the mode: two scorings that differ only here score alike.
+    calibration: Mapping[str, Mapping[str, float]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -58,6 +61,13 @@ class Scoring:
                 raise ValueError("fused scoring needs a positive weight on at least one index signal")
         elif self.weights:
             raise ValueError(f"mode {self.mode!r} takes no fusion weights")
+        for name, params in self.calibration.items():
+            if name not in MODES:
+                raise ValueError(f"calibration: unknown mode {name!r} (known: {', '.join(MODES)})")
+            if not isinstance(params, Mapping) or set(params) != {"a", "b"} or not all(
+                    not isinstance(v, bool) and isinstance(v, (int, float)) and abs(float(v)) < float("inf")
+                    for v in params.values()):
+                raise ValueError(f"calibration of {name} must be {{\"a\": number, \"b\": number}}, not {params!r}")
 
     @property
     def signals(self) -> tuple[str, ...]:
@@ -75,18 +85,21 @@ class Scoring:
         if self.mode == "fused":
             out["weights"] = {k: float(v) for k, v in self.weights.items()}
             out["normalization"] = self.normalization
+        if self.calibration:
+            out["calibration"] = {m: {"a": float(p["a"]), "b": float(p["b"])} for m, p in self.calibration.items()}
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "scoring") -> Scoring:
         if not isinstance(data, Mapping):
             raise ValueError(f"{where}: must be an object, not {data!r}")
-        unknown = sorted(set(data) - {"mode", "weights", "normalization"})
+        unknown = sorted(set(data) - {"mode", "weights", "normalization", "calibration"})
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {unknown}")
         try:
             return cls(mode=data.get("mode", "tokens"), weights=dict(data.get("weights") or {}),
-                       normalization=data.get("normalization", "minmax"))
+                       normalization=data.get("normalization", "minmax"),
+                       calibration=dict(data.get("calibration") or {}))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: {exc}") from None
 
