@@ -146,5 +146,11 @@ DEFAULT_RECIPE = Recipe(
     # a 0.1 grid (python -m eval.tune_fusion --data dl21 --data scifact --split train): 0.5999 /
     # 0.7288. DL21 alone picks mlm=0.3,dense=0.6,first_stage=0.1 (0.6063 / 0.7161); the first-stage
     # weight is what keeps out-of-domain collections above BM25.
-    scoring={"mode": "fused", "weights": {"mlm": 0.2, "dense": 0.6, "first_stage": 0.2}, "normalization": "minmax"},
+    # calibration: the logistic of each mode's calibrated 0-1 score (tilde.rank.calibration),
+    # fitted on DL21's judged BM25 top-100 candidates, grade >= 2 relevant (python -m
+    # eval.calibrate --data ../shared/data/dl21): Brier 0.2103 / 0.2070 / 0.1869 / 0.1894 for
+    # tokens / mlm / dense / fused against 0.2160 for the base rate.
+    scoring={"mode": "fused", "weights": {"mlm": 0.2, "dense": 0.6, "first_stage": 0.2}, "normalization": "minmax",
+             "calibration": {"tokens": {"a": 0.118061, "b": -1.543469}, "mlm": {"a": 0.110009, "b": -2.651514},
+                             "dense": {"a": 6.443333, "b": -4.69697}, "fused": {"a": 4.966554, "b": -3.68809}}},
 )
