@@ -13,6 +13,7 @@ from tilde.index.format import IndexFormatError
 from tilde.index.reader import TildeIndex
 from tilde.rank import Reranker
 from tilde.rank.fusion import minmax
+from tilde.rank.scoring import Scoring
 from tilde.text import TextProcessor, expansion_bad_ids
 
 PIDS = ["10", "3", "7", "25", "1", "8", "40", "2"]
@@ -261,3 +262,47 @@ def test_query_encoder_pool_is_made_per_process(impact_index: Path) -> None:
     again = rr.rerank("fish in the river bank", PIDS)
     assert rr._pool is not pool and rr._pool_pid == os.getpid()
     assert [d.docid for d in again.results] == [d.docid for d in first.results]
+
+
+def test_dense_feedback_follows_its_definition(impact_index: Path, tiny_mlm: Path, tiny_bi_encoder: Path) -> None:
+    """fused + dense_feedback: fuse, move the dense query towards the mean stored vector of the
+    best ``docs`` candidates, recompute the dense signal, fuse again; texts encoded on the fly
+    take part like their indexed copies."""
+    from service.encoder import TextEncoder
+    from tilde.rank.scoring import parse_scoring
+
+    rr = Reranker.load(impact_index)
+    spec = "fused:mlm=0.5,dense=0.4,first_stage=0.1;dense_feedback=2:0.8"
+    sc = parse_scoring(spec)
+    assert str(sc) == spec and sc.dense_feedback == {"docs": 2, "weight": 0.8}
+    assert Scoring.from_dict(sc.to_dict()) == sc
+    fb = rr.with_scoring(spec)
+    plain = rr.with_scoring("fused:mlm=0.5,dense=0.4,first_stage=0.1")
+    dense = rr.index.dense
+    assert dense is not None
+    first = np.linspace(3.0, 1.0, len(PIDS))
+    rows = rr.index.lookup(PIDS)
+    known = np.ones(len(PIDS), dtype=bool)
+    for q in QUERIES:
+        base = plain.score(q, rows, first_stage=first)
+        best = np.argsort(-base.scores, kind="stable")[:2]
+        q2 = rr.encoder("dense").encode(q) + np.float32(0.8) * dense.vectors(rows[best]).mean(axis=0)
+        q2 = q2 / np.linalg.norm(q2)
+        s_m = rr.score(q, rows, mode="mlm").scores
+        s_d = dense.vectors(rows).astype(np.float64) @ q2.astype(np.float64)
+        want = 0.5 * minmax(s_m, known) + 0.4 * minmax(s_d, known) + 0.1 * minmax(first, known)
+        got = fb.score(q, rows, first_stage=first).scores
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    collection = dict(line.split("\t") for line in (impact_index.parent / "collection.tsv").read_text().splitlines())
+    texts = TextEncoder(str(tiny_mlm), rr.text, rr.index, dense_model=str(tiny_bi_encoder)).encode(
+        [collection[p] for p in PIDS[:3]])
+    mixed = rows.copy()
+    mixed[:3] = -1
+    for q in QUERIES:
+        indexed = fb.score(q, rows, first_stage=first).scores
+        encoded = fb.score(q, mixed, first_stage=first, texts=texts, text_positions=np.arange(3)).scores
+        np.testing.assert_allclose(encoded, indexed, atol=3e-3)
+    for bad in ("fused:mlm=1;dense_feedback=2:1", "fused:dense=1;dense_feedback=0:1", "fused:dense=1;prf=2:1",
+                "fused:dense=1;dense_feedback=2"):
+        with pytest.raises(ValueError):
+            parse_scoring(bad)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -401,6 +401,10 @@ class Reranker:
             if first_stage is not None:
                 signals[FIRST_STAGE] = np.asarray(first_stage, dtype=np.float64)
             scores, used = fuse(signals, sc.weights, mask=mask, normalization=sc.normalization)
+            if sc.dense_feedback and "dense" in qvec:
+                signals["dense"] = self._dense_feedback(rows, mask, scores, qvec["dense"], sc.dense_feedback,
+                                                        texts, tpos)
+                scores, used = fuse(signals, sc.weights, mask=mask, normalization=sc.normalization)
             timing["fuse"] = (time.perf_counter() - t4) * 1e3
         else:
             scores, used = signals[sc.mode], (sc.mode,)
@@ -408,6 +412,31 @@ class Reranker:
         if qvec:
             timing["encode"] = (t2 - t1) * 1e3
         return Scored(scores, used, int(q.size), added, timing)
+
+    def _dense_feedback(
+        self, rows: np.ndarray, mask: np.ndarray, scores: np.ndarray, query: np.ndarray,
+        fb: Mapping[str, float], texts: EncodedTexts | None, tpos: np.ndarray,
+    ) -> np.ndarray:
+        """The dense signal again, for ``q' = q + weight * mean(v)`` over the vectors of the
+        ``docs`` best scored candidates (indexed rows or encoded texts; vectors as stored)."""
+        dense = self.index.dense
+        assert dense is not None
+        scored = np.flatnonzero(mask)
+        best = scored[np.argsort(-scores[scored], kind="stable")[: int(fb["docs"])]]
+        if best.size == 0:
+            return dense.scores(rows, query)
+        is_text = np.isin(best, tpos)
+        vecs = [dense.vectors(rows[best[~is_text]])]
+        if is_text.any() and texts is not None and texts.dense is not None:
+            where = np.searchsorted(np.sort(tpos), best[is_text])
+            order = np.argsort(tpos, kind="stable")
+            vecs.append(dense.quantized(np.asarray(texts.dense)[order[where]]))
+        q2 = np.asarray(query, dtype=np.float32).ravel() + np.float32(fb["weight"]) * np.concatenate(vecs).mean(axis=0)
+        q2 /= max(float(np.linalg.norm(q2)), 1e-12)
+        out = dense.scores(rows, q2)
+        if texts is not None and tpos.size and texts.dense is not None:
+            out[tpos] = dense.score_vectors(texts.dense, q2)
+        return out
 
     def expand(
         self, q: np.ndarray, rows: np.ndarray, scores: np.ndarray, fb: Feedback
