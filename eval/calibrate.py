@@ -47,7 +47,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from tilde.models import DEFAULT_RECIPE
     from tilde.rank.calibration import calibrated_scores, fit_logistic
-    from tilde.rank.fusion import fuse
     from tilde.rank.scoring import Scoring
 
     from .tune_fusion import TEST_SETS, _signals
@@ -64,17 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         cut = 1 if beir else 2
         with tempfile.TemporaryDirectory() as tmp:
-            cands, sig, qrels = _signals(data, args.split, ["tokens", "mlm", "dense", "first_stage"], args.cache_dir,
+            cands, sig, qrels = _signals(data, args.split, ["tokens", "mlm", "dense", str(recipe)], args.cache_dir,
                                          Path(tmp) / "bm25")
         for qid, ids in cands.items():
             judged = qrels.get(qid, {})
             pos = [i for i, d in enumerate(ids) if d in judged and sig[qid]["_known"][i]]
             if not pos:
                 continue
-            fused, _ = fuse({k: v for k, v in sig[qid].items() if k != "_known"}, recipe.weights,
-                            mask=sig[qid]["_known"], normalization=recipe.normalization)
-            for m in modes:
-                examples[m].append((fused if m == "fused" else sig[qid][m])[pos])
+            for m in modes:  # fused: the recipe's scoring, as the re-ranker scores it
+                examples[m].append(sig[qid][str(recipe) if m == "fused" else m][pos])
             labels.append(np.array([judged[ids[i]] >= cut for i in pos], dtype=np.float64))
     y = np.concatenate(labels)
     print(f"{y.size} judged candidates on {', '.join(Path(d).name for d in args.data)}; relevant {y.mean():.3f}")

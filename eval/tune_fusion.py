@@ -78,7 +78,9 @@ def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm
             if name == "first_stage":
                 sig[qid][name] = np.array([s for _, s in entries], dtype=np.float64)
                 continue
-            res = rr.rerank(queries[qid], ids, missing="zero", mode=name)
+            # a mode name, or a whole scoring spec ("fused:...") scored by the re-ranker itself
+            fs = np.array([s for _, s in entries], dtype=np.float64) if name.startswith("fused") else None
+            res = rr.rerank(queries[qid], ids, missing="zero", mode=name, first_stage=fs)
             full = np.zeros(len(ids))
             full[res.order] = res.scores
             sig[qid][name] = full

@@ -54,3 +54,10 @@ def test_scoring_round_trips_calibration_and_refuses_bad_params() -> None:
     for bad in ({"fused": {"a": 1}}, {"nope": {"a": 1, "b": 2}}, {"mlm": {"a": float("nan"), "b": 0}}):
         with pytest.raises(ValueError):
             Scoring.from_dict({"mode": "mlm", "calibration": bad})
+
+
+def test_fused_calibration_needs_the_same_dense_feedback() -> None:
+    rec = Scoring("fused", {"dense": 1.0}, calibration={"fused": {"a": 1, "b": 0}},
+                  dense_feedback={"docs": 3, "weight": 1.0})
+    assert calibration_for(rec, Scoring("fused", {"dense": 1.0}, dense_feedback={"docs": 3, "weight": 1.0}))
+    assert calibration_for(rec, Scoring("fused", {"dense": 1.0})) is None

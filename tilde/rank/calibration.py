@@ -45,8 +45,7 @@ def calibration_for(recommended: Scoring, used: Scoring) -> Mapping[str, float] 
     params = recommended.calibration.get(used.mode)
     if params is None:
         return None
-    if used.mode == "fused" and (dict(used.weights) != dict(recommended.weights)
-                                 or used.normalization != recommended.normalization):
+    if used.mode == "fused" and used != recommended:  # other weights, normalisation or feedback
         return None
     return params
 
