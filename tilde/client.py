@@ -62,6 +62,26 @@ class BatchItem:
     encoded: list[Mapping[str, Any]]
 
 
+def _plain(obj: Any) -> Any:
+    """JSON/msgpack ``default`` hook: numpy arrays and scalars (ids as ``np.array([4, 5])`` or
+    ``np.int64``) as the Python lists and values they hold, without importing numpy here."""
+    if type(obj).__module__ == "numpy":
+        tolist = getattr(obj, "tolist", None)
+        if callable(tolist):
+            return tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _id_list(ids: Sequence[DocId] | Any) -> list[Any]:
+    """``ids`` as a list; a numpy array becomes the Python values it holds."""
+    if type(ids).__module__ == "numpy" and callable(getattr(ids, "tolist", None)):
+        out = ids.tolist()
+        if not isinstance(out, list):
+            raise ValueError("ids must be a sequence of ids, not a single value")
+        return out
+    return list(ids)
+
+
 def _results(rows: Sequence[Mapping[str, Any]]) -> list[Result]:
     return [Result(r["index"], r.get("id"), r["relevance_score"], r.get("document")) for r in rows]
 
@@ -93,10 +113,10 @@ class Client:
         if format == "msgpack":
             import msgpack
 
-            self._pack = lambda obj: msgpack.packb(obj, use_bin_type=True)
+            self._pack = lambda obj: msgpack.packb(obj, use_bin_type=True, default=_plain)
             self._unpack = lambda data: msgpack.unpackb(data, raw=False)
         else:
-            self._pack = lambda obj: json.dumps(obj, separators=(",", ":")).encode("utf-8")
+            self._pack = lambda obj: json.dumps(obj, separators=(",", ":"), default=_plain).encode("utf-8")
             self._unpack = lambda data: json.loads(data)
 
     # -- transport -------------------------------------------------------------------------------
@@ -168,7 +188,7 @@ class Client:
         """Re-rank index ``ids`` (fast path) or Cohere-style ``documents`` for ``query``."""
         body: dict[str, Any] = {"query": query}
         if ids is not None:
-            body["ids"] = list(ids)
+            body["ids"] = _id_list(ids)
         if documents is not None:
             body["documents"] = list(documents)
         if top_n is not None:
