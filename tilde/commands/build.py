@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core); "
                    "on a busy machine 1 can beat 2")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-bm25", action="store_true",
+                   help="do not write the BM25 index of the collection at <output>/bm25 (the /v1/search first stage)")
+    p.add_argument("--no-inverted", action="store_true",
+                   help="do not write <output>/inverted, the index's weights inverted for the impact first stage "
+                        "(then it is inverted in memory when needed)")
     add_impact_arguments(p)
     add_engine_arguments(p)
 
@@ -44,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from tilde.expand.pipeline import build_pipeline
+    from tilde.first_stage.beside import bm25_beside
     from tilde.models import resolve_expander, resolve_model
 
     if args.threads is not None:
@@ -52,6 +58,8 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     engine = engine_from_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() or args.ray_gpus_per_actor else "cpu")
+    # BM25 first: seconds where the model takes hours, and current on a re-run (resumable).
+    bm25_line = None if args.no_bm25 else bm25_beside(args.collection, args.output, overwrite=args.overwrite)
     if wants_impact(args.model):
         from tilde.index.impact import build_impact_index
 
@@ -66,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
             weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress, engine=engine,
         )
         print(impact.format())
+        _first_stages(args, bm25_line)
         print(f"build complete: {args.output}")
         return 0
     if engine is not None and args.expander != "none":
@@ -90,7 +99,16 @@ def main(args: argparse.Namespace) -> int:
         engine=engine,
     )
     print(summary.format())
+    _first_stages(args, bm25_line)
     return 0
+
+
+def _first_stages(args: argparse.Namespace, bm25_line: str | None) -> None:
+    """The build summary's lines for the first stages written beside the index."""
+    from tilde.first_stage.beside import inverted_beside
+
+    print(bm25_line if bm25_line is not None else "BM25 index: not built (--no-bm25)")
+    print("impact first stage: not written (--no-inverted)" if args.no_inverted else inverted_beside(args.output))
 
 
 def _stderr(message: str) -> None:
