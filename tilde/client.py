@@ -4,6 +4,8 @@
 >>> client = Client("http://127.0.0.1:8000")
 >>> client.rerank("what is a tilde", ids=[7, 3, 12], top_n=2).results
 [Result(index=1, id=3, relevance_score=4.25, document=None), ...]
+>>> client.search("what is a tilde", k=100, top_n=10).ids   # first stage + re-ranking
+["3", ...]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Result:
     id: DocId | None
     relevance_score: float
     document: Mapping[str, Any] | None = None
+    first_stage_score: float | None = None  # /v1/search: the candidate's first-stage (BM25 or impact) score
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ def _id_list(ids: Sequence[DocId] | Any) -> list[Any]:
 
 
 def _results(rows: Sequence[Mapping[str, Any]]) -> list[Result]:
-    return [Result(r["index"], r.get("id"), r["relevance_score"], r.get("document")) for r in rows]
+    return [Result(r["index"], r.get("id"), r["relevance_score"], r.get("document"), r.get("first_stage_score"))
+            for r in rows]
 
 
 class Client:
@@ -198,6 +202,29 @@ class Client:
         if missing is not None:
             body["missing"] = missing
         _, out, _ = self.request("POST", "/v1/rerank", body)
+        return RerankResponse(out["id"], _results(out["results"]), out.get("meta", {}))
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        mode: str | None = None,
+    ) -> RerankResponse:
+        """First stage + re-ranking in one call (``POST /v1/search``): the server's first stage
+        (BM25, or the index's own weights) retrieves ``k`` passages, which are re-ranked; results
+        carry ``first_stage_score`` and, with ``return_documents``, the passage text."""
+        body: dict[str, Any] = {"query": query}
+        if k is not None:
+            body["k"] = k
+        if top_n is not None:
+            body["top_n"] = top_n
+        if return_documents:
+            body["return_documents"] = True
+        if mode is not None:
+            body["mode"] = mode
+        _, out, _ = self.request("POST", "/v1/search", body)
         return RerankResponse(out["id"], _results(out["results"]), out.get("meta", {}))
 
     def rerank_batch(
