@@ -167,3 +167,29 @@ def test_quantised_search_is_the_lucene_impact_search(tmp_path: Path, vocab: Pat
         # (Anserini breaks them by docid, this engine by row).
         assert sorted((-e.score, e.docid) for e in got[qid]) == sorted((-e.score, e.docid) for e in want[qid])
         assert [e.score for e in got[qid]] == [e.score for e in want[qid]]
+
+
+def test_beir_with_the_inprocess_impact_first_stage(tmp_path: Path, tiny_model: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from eval.beir import main
+
+    d = tmp_path / "beirsyn"
+    d.mkdir()
+    docs = [("d1", "Cats", "the cat sat on the road"), ("d2", "Banks", "money in the bank"),
+            ("d3", "", "fish in the river near the bank"), ("d4", "Music", "song and music")]
+    (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
+    (d / "queries.test.tsv").write_text("q1\tcat road\nq2\tbank money\nq3\tmusic\n")
+    (d / "qrels.test.trec").write_text("q1 0 d1 1\nq2 0 d2 1\nq3 0 d4 1\n")
+    assert main(["--data", str(d), "--depth", "3", "--first-stage", "impact", "--model", str(tiny_model),
+                 "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith("impact first stage (impact): nDCG@10") for line in out)
+    assert any(line.startswith(f"impact -> {tiny_model.name}") for line in out)
+    assert any(line.startswith("latency impact: p50 ") for line in out)
+    fields = out[-1].split()
+    assert fields[2].startswith("impact_ndcg@10=") and fields[3].startswith("impact_r@100=")
+    # the first stage searched the whole corpus (one cached index of every passage)
+    cached = next((tmp_path / "c").glob("*/index"))
+    assert len(ImpactIndex.load(cached)) == len(docs)
+    assert main(["--data", str(d), "--model", "none", "--first-stage", "impact"]) == 2
+    assert "needs --model" in capsys.readouterr().err
