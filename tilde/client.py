@@ -77,8 +77,9 @@ def _plain(obj: Any) -> Any:
 
 def _id_list(ids: Sequence[DocId] | Any) -> list[Any]:
     """``ids`` as a list; a numpy array becomes the Python values it holds."""
-    if type(ids).__module__ == "numpy" and callable(getattr(ids, "tolist", None)):
-        out = ids.tolist()
+    tolist = getattr(ids, "tolist", None)
+    if type(ids).__module__ == "numpy" and callable(tolist):
+        out = tolist()
         if not isinstance(out, list):
             raise ValueError("ids must be a sequence of ids, not a single value")
         return out
@@ -183,7 +184,7 @@ class Client:
     def rerank(
         self,
         query: str,
-        ids: Sequence[DocId] | None = None,
+        ids: Sequence[DocId] | Any | None = None,
         documents: Sequence[str | Mapping[str, Any]] | None = None,
         top_n: int | None = None,
         return_documents: bool = False,
