@@ -193,3 +193,32 @@ def test_beir_with_the_inprocess_impact_first_stage(tmp_path: Path, tiny_model: 
     assert len(ImpactIndex.load(cached)) == len(docs)
     assert main(["--data", str(d), "--model", "none", "--first-stage", "impact"]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_cli_impact_build_writes_and_resumes_the_first_stages(tmp_path: Path, tiny_mlm: Path, tiny_collection: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from tilde.cli import main as cli_main
+    from tilde.first_stage import BM25Index
+
+    out = tmp_path / "idx"
+    args = ["build", "--model", str(tiny_mlm), "--dense", "none", "--collection", str(tiny_collection),
+            "--output", str(out), "--impact-top-k", "20", "--impact-max-length", "32", "--batch-size", "4",
+            "--no-progress", "--no-query-encoders"]
+    assert cli_main(args) == 0
+    text = capsys.readouterr().out
+    assert "BM25 index of 9 docs" in text and "inverted written" in text and "build complete" in text
+    assert ImpactIndex.load(out).stored and BM25Index.load(out / "bm25").has_texts
+    # interrupted in the first stages: the re-run keeps the finished index and completes them
+    import shutil
+
+    shutil.rmtree(out / "bm25")
+    assert cli_main(args) == 0
+    text = capsys.readouterr().out
+    assert "index: already complete, reused" in text and "BM25 index of 9 docs" in text and "current, reused" in text
+    assert TildeIndex.open(out).verify() == []
+    # another collection is not taken for this index's: refused as before, without --overwrite
+    other = tmp_path / "other.tsv"
+    other.write_text("1\tone passage\n2\tanother one\n", encoding="utf-8")
+    assert cli_main([str(other) if a == str(tiny_collection) else a for a in args]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert BM25Index.load(out / "bm25").texts(["10"]) == ["the cat sat on the road"]  # untouched

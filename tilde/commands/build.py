@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from tilde.expand.pipeline import build_pipeline
-    from tilde.first_stage.beside import bm25_beside
+    from tilde.first_stage.beside import complete_impact_index
     from tilde.models import resolve_expander, resolve_model
 
     if args.threads is not None:
@@ -58,8 +58,6 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     engine = engine_from_args(args)
     device = args.device or ("cuda" if torch.cuda.is_available() or args.ray_gpus_per_actor else "cpu")
-    # BM25 first: seconds where the model takes hours, and current on a re-run (resumable).
-    bm25_line = None if args.no_bm25 else bm25_beside(args.collection, args.output, overwrite=args.overwrite)
     if wants_impact(args.model):
         from tilde.index.impact import build_impact_index
 
@@ -68,13 +66,17 @@ def main(args: argparse.Namespace) -> int:
                                "applies to TILDEv2 models (--model ielab/TILDEv2-TILDE200-exp)")
         settings = impact_settings(args, _stderr)
         dtype = "auto" if args.dtype == "auto" else args.dtype
-        impact = build_impact_index(
-            settings.pop("model"), args.collection, args.output, **settings, tokenizer=args.tokenizer,
-            batch_size=args.batch_size, chunk_batches=args.chunk_batches, device=device, dtype=dtype,
-            weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress, engine=engine,
-        )
-        print(impact.format())
-        _first_stages(args, bm25_line)
+        if not args.overwrite and complete_impact_index(args.output, args.collection, settings):
+            # A re-run after the index finished (e.g. interrupted in the first stages): keep it.
+            print(f"index: already complete, reused ({args.output}; --overwrite rebuilds it)")
+        else:
+            impact = build_impact_index(
+                settings.pop("model"), args.collection, args.output, **settings, tokenizer=args.tokenizer,
+                batch_size=args.batch_size, chunk_batches=args.chunk_batches, device=device, dtype=dtype,
+                weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress, engine=engine,
+            )
+            print(impact.format())
+        _first_stages(args)
         print(f"build complete: {args.output}")
         return 0
     if engine is not None and args.expander != "none":
@@ -99,15 +101,16 @@ def main(args: argparse.Namespace) -> int:
         engine=engine,
     )
     print(summary.format())
-    _first_stages(args, bm25_line)
+    _first_stages(args)
     return 0
 
 
-def _first_stages(args: argparse.Namespace, bm25_line: str | None) -> None:
-    """The build summary's lines for the first stages written beside the index."""
-    from tilde.first_stage.beside import inverted_beside
+def _first_stages(args: argparse.Namespace) -> None:
+    """Write (or reuse) the first stages beside the finished index; one summary line each."""
+    from tilde.first_stage.beside import bm25_beside, inverted_beside
 
-    print(bm25_line if bm25_line is not None else "BM25 index: not built (--no-bm25)")
+    print("BM25 index: not built (--no-bm25)" if args.no_bm25
+          else bm25_beside(args.collection, args.output, overwrite=args.overwrite))
     print("impact first stage: not written (--no-inverted)" if args.no_inverted else inverted_beside(args.output))
 
 

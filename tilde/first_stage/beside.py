@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from tilde.first_stage.bm25 import DEFAULT_B, DEFAULT_K1, MANIFEST, build_bm25_index
 from tilde.io import FormatError, atomic_write_text
 
-__all__ = ["BM25_DIR", "bm25_beside", "bm25_is_current", "inverted_beside"]
+__all__ = ["BM25_DIR", "bm25_beside", "bm25_is_current", "complete_impact_index", "inverted_beside"]
 
 BM25_DIR = "bm25"
 
@@ -61,6 +63,35 @@ def bm25_beside(collection: str | os.PathLike[str], index_dir: str | os.PathLike
     except FormatError as exc:  # token ids (an expansion file), not text: nothing to index for BM25
         return f"BM25 index: not built ({exc})"
     return summary.format()
+
+
+def complete_impact_index(index_dir: str | os.PathLike[str], collection: str | os.PathLike[str],
+                          settings: Mapping[str, Any]) -> bool:
+    """True when ``index_dir`` holds a finished impact index of ``collection`` (the same passage
+    ids in the same order) with ``settings``' model, top-k and length: a re-run of ``tilde build``
+    may then keep it and only bring the first stages up to date. False (rebuild, or refuse
+    without --overwrite) whenever anything differs or cannot be read."""
+    from tilde.index.format import MANIFEST as INDEX_MANIFEST
+    from tilde.index.format import IndexFormatError
+    from tilde.index.reader import TildeIndex
+    from tilde.io import read_collection
+
+    if not (Path(index_dir) / INDEX_MANIFEST).is_file():
+        return False
+    try:
+        idx = TildeIndex.open(index_dir)
+    except IndexFormatError:
+        return False
+    impact = dict(idx.manifest.impact or {})
+    if (idx.manifest.weighting != "impact" or idx.manifest.shard is not None
+            or idx.manifest.model != str(settings.get("model")) or impact.get("top_k") != settings.get("top_k")
+            or impact.get("max_length") != settings.get("max_length")):
+        return False
+    try:
+        pids = [p.pid for p in read_collection(collection)]
+    except (OSError, ValueError):
+        return False
+    return len(pids) == len(idx) and all(idx.docid(r) == pid for r, pid in enumerate(pids))
 
 
 def inverted_beside(index_dir: str | os.PathLike[str]) -> str:
