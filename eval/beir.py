@@ -1,14 +1,15 @@
 """BEIR-style evaluation (e.g. SciFact): embedded BM25 first stage, optional TILDEv2 re-ranking.
 
     python -m eval.beir --data ../shared/data/scifact [--split test] [--model M] [--expander E]
-                        [--depth 100] [--first-stage bm25|impact:DIR] [--cache-dir DIR] [--report DIR]
+                        [--depth 100] [--first-stage bm25|impact|impact:DIR] [--cache-dir DIR] [--report DIR]
 
 DATA holds ``corpus.jsonl(.gz)`` (``{"_id", "title", "text"}``, indexed as title + text, as
 Anserini's "flat" BEIR indexes), ``queries.<split>.tsv`` and ``qrels.<split>.trec``. BM25 (the
 embedded engine, Pyserini defaults k1=0.9 b=0.4) retrieves the top ``--depth``; with ``--model``
 those are re-ranked with TILDEv2 (passages indexed once and cached, as in :mod:`eval.trec_dl`).
-With ``--first-stage impact:DIR`` the exported TILDEv2 impact index (:mod:`eval.first_stage`)
-retrieves instead, reported beside BM25, and its run is the one re-ranked.
+With ``--first-stage impact`` the re-ranking index's own weights retrieve instead (in process,
+the whole corpus indexed), with ``impact:DIR`` the exported Lucene impact index of them
+(:mod:`eval.first_stage`); either is reported beside BM25, and its run is the one re-ranked.
 Metrics as BEIR reports them: nDCG@10 (graded) and R@100, every judged query counted, next to
 the published BM25 figures. Last line:
 ``bm25_ndcg@10=<x> bm25_r@100=<y> [ndcg@10=<z> model=<name>]``.
@@ -22,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .first_stage import add_first_stage_argument, select_first_stage
 from .metrics import MEASURE_LABELS, evaluate
@@ -78,9 +80,9 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
     from tilde.io import read_qrels, read_queries
     from tilde.rank import Reranker
 
-    from .index_cache import is_impact, prepare_impact_index, prepare_index
+    from .first_stage import check_first_stage
 
-
+    check_first_stage(args.first_stage)
     data = Path(args.data)
     corpus = _corpus(data)
     queries = read_queries(data / f"queries.{args.split}.tsv")
@@ -100,8 +102,14 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
     rows = [SystemRow("BM25", "first stage", bm25.aggregate)]
     timings: dict[str, StageTimes] = {"BM25": times}
     last = f"bm25_ndcg@10={bm25.aggregate['ndcg@10']:.4f} bm25_r@100={bm25.aggregate['r@100']:.4f}"
+    cached = None
+    if args.first_stage == "impact":  # the re-ranking index's weights retrieve: index the whole corpus first
+        if not args.model or args.model == "none":
+            raise ValueError("--first-stage impact searches the re-ranking index's weights: it needs --model "
+                             "(default: the default recipe)")
+        cached = _prepare(args, corpus, corpus_ids(corpus))
     stage, run, times = select_first_stage(args.first_stage, (run, times), [(q.qid, q.text) for q in queries],
-                                           args.depth)
+                                           args.depth, index=cached.path if cached is not None else None)
     if stage != "BM25":  # another first stage: reported beside BM25, and re-ranked instead of it
         res = evaluate(run, qrels, measures)
         lines.append(f"{stage} first stage ({args.first_stage}): " + _cells(res.aggregate))
@@ -109,16 +117,8 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
         timings[stage] = times
         last += f" {stage}_ndcg@10={res.aggregate['ndcg@10']:.4f} {stage}_r@100={res.aggregate['r@100']:.4f}"
     if args.model and args.model != "none":
-        needed = {d for hits in run.values() for d, _ in hits}
-        if is_impact(args.model):
-            if args.expander:
-                raise ValueError("an impact index expands passages with its own masked LM: drop --expander")
-            dense = None if args.dense == "none" else args.dense
-            # The whole corpus: one cached index serves every split (and eval.tune_fusion).
-            cached = prepare_impact_index(args.model, corpus, corpus_ids(corpus), dense=dense,
-                                          cache_dir=args.cache_dir)
-        else:
-            cached = prepare_index(args.model, corpus, needed, expander=args.expander, cache_dir=args.cache_dir)
+        if cached is None:
+            cached = _prepare(args, corpus, {d for hits in run.values() for d, _ in hits})
         from tilde.rank.feedback import feedback_arg
 
         reranker = Reranker.load(cached.path, missing="zero", feedback=feedback_arg(args.feedback), scoring=args.mode)
@@ -163,6 +163,19 @@ def evaluate_beir(args: argparse.Namespace, bm25_dir: Path) -> list[str]:
         lines.append(f"report: {md}")
     lines.append(last)
     return lines
+
+
+def _prepare(args: argparse.Namespace, corpus: Path, needed: set[str]) -> Any:
+    """The (cached) re-ranking index of ``args.model``: an impact index always of the whole corpus
+    (one cached index serves every split, and eval.tune_fusion), a TILDEv2 one of ``needed``."""
+    from .index_cache import is_impact, prepare_impact_index, prepare_index
+
+    if is_impact(args.model):
+        if args.expander:
+            raise ValueError("an impact index expands passages with its own masked LM: drop --expander")
+        dense = None if args.dense == "none" else args.dense
+        return prepare_impact_index(args.model, corpus, corpus_ids(corpus), dense=dense, cache_dir=args.cache_dir)
+    return prepare_index(args.model, corpus, needed, expander=args.expander, cache_dir=args.cache_dir)
 
 
 def corpus_ids(corpus: Path) -> set[str]:

@@ -1,9 +1,11 @@
 """The exported TILDEv2 impact index as a first stage of the evaluation scripts, and the SciFact
 pipeline that compares it with embedded BM25.
 
-``--first-stage impact:DIR`` (``eval.beir``): retrieve with :class:`tilde.first_stage.impact.
-LuceneImpact` over ``DIR`` (from ``tilde export anserini --build``) instead of BM25, then
-re-rank as usual. ``bm25`` (the default) keeps the script's own BM25.
+``--first-stage impact`` (``eval.beir``): retrieve with the re-ranking index's own weights, in
+process (:class:`tilde.first_stage.inverted.ImpactIndex`: float weights, tokenizer-only queries,
+no Java); ``impact:DIR`` with :class:`tilde.first_stage.impact.LuceneImpact` over ``DIR`` (from
+``tilde export anserini --build``: the same weights quantised, searched by Anserini). Either
+replaces BM25 as the run that is re-ranked. ``bm25`` (the default) keeps the script's own BM25.
 
 The pipeline, one re-runnable command (every step is skipped when its output is current)::
 
@@ -12,7 +14,8 @@ The pipeline, one re-runnable command (every step is skipped when its output is 
 1. ``tilde build`` of the whole corpus into ``WORK/index`` (resumable);
 2. ``tilde export anserini --build`` into ``WORK/impact`` (redone when the index changed);
 3. embedded BM25 of the corpus (``WORK/bm25``);
-4. both first stages to ``--depth`` (100), nDCG@10 and R@100, then both re-ranked with
+4. the three first stages (BM25, the impact export in Lucene, the same weights in process) to
+   ``--depth`` (100), nDCG@10 and R@100, then each re-ranked with
    ``WORK/index`` (plain TILDEv2, and with the model's feedback when it recommends one);
 5. a Markdown table, and ``WORK/runs/*.trec``.
 """
@@ -29,13 +32,24 @@ from typing import Any
 
 from .pipeline import Run, StageTimes, batch_first_stage, new_recorder
 
-__all__ = ["add_first_stage_argument", "impact_first_stage", "select_first_stage"]
+__all__ = ["add_first_stage_argument", "impact_first_stage", "inprocess_impact_first_stage", "select_first_stage"]
 
 
 def add_first_stage_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--first-stage", default="bm25", metavar="bm25|impact:DIR",
-                   help="first stage: bm25 (default), or impact:DIR, the Lucene impact index of the TILDEv2 weights "
+    p.add_argument("--first-stage", default="bm25", metavar="bm25|impact|impact:DIR",
+                   help="first stage: bm25 (default); impact, the re-ranking index's own weights searched in process "
+                        "(the whole corpus is indexed); or impact:DIR, the Lucene impact index of those weights "
                         "(`tilde export anserini --build --output DIR`; Java 11+ and the pyserini jar)")
+
+
+def inprocess_impact_first_stage(index: str | Path, queries: Sequence[tuple[str, str]],
+                                 k: int, quantization: float | None = None) -> tuple[Run, StageTimes]:
+    """Top ``k`` per query from the index's own weights (:class:`ImpactIndex`), timed per query."""
+    from tilde.first_stage.inverted import ImpactIndex
+
+    from .pipeline import first_stage
+
+    return first_stage(ImpactIndex.load(index, quantization=quantization), queries, k)
 
 
 def impact_first_stage(export_dir: str | Path, queries: Sequence[tuple[str, str]], k: int,
@@ -55,15 +69,26 @@ def impact_first_stage(export_dir: str | Path, queries: Sequence[tuple[str, str]
     return run, batch_first_stage(time.perf_counter() - t0, joules, method, [q for q, _ in queries])
 
 
+def check_first_stage(spec: str) -> str:
+    """``spec`` when it names a first stage (``bm25``, ``impact``, ``impact:DIR``), else ValueError."""
+    kind, colon, where = spec.partition(":")
+    if spec in ("bm25", "impact") or (kind == "impact" and where):
+        return spec
+    raise ValueError(f"--first-stage {spec!r}: expected bm25, impact or impact:DIR")
+
+
 def select_first_stage(spec: str, bm25: tuple[Run, StageTimes], queries: Sequence[tuple[str, str]],
-                       k: int) -> tuple[str, Run, StageTimes]:
-    """``(name, run, times)`` of the first stage ``spec`` names (``bm25`` or ``impact:DIR``)."""
+                       k: int, index: str | Path | None = None) -> tuple[str, Run, StageTimes]:
+    """``(name, run, times)`` of the first stage ``spec`` names: ``bm25``, ``impact`` (the weights
+    of ``index``, in process) or ``impact:DIR`` (the Lucene export)."""
+    check_first_stage(spec)
     if spec == "bm25":
         return ("BM25", *bm25)
-    kind, _, where = spec.partition(":")
-    if kind != "impact" or not where:
-        raise ValueError(f"--first-stage {spec!r}: expected bm25 or impact:DIR")
-    return ("impact", *impact_first_stage(where, queries, k))
+    if spec == "impact":
+        if index is None:
+            raise ValueError("--first-stage impact searches the re-ranking index's weights: it needs --model")
+        return ("impact", *inprocess_impact_first_stage(index, queries, k))
+    return ("impact", *impact_first_stage(spec.partition(":")[2], queries, k))
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages: dict[str, tuple[Run, StageTimes]] = {
         "BM25 (embedded)": first_stage(BM25Index.load(work / "bm25"), pairs, args.depth),
         "TILDEv2 impact (Lucene)": impact_first_stage(work / "impact", pairs, args.depth, args.threads),
+        "TILDEv2 impact (in-process)": inprocess_impact_first_stage(work / "index", pairs, args.depth),
     }
     reranker = Reranker.load(work / "index", missing="zero", feedback=feedback_arg(args.feedback))
     rerankers: list[tuple[str, Any]] = [(f"tilde [{reranker.scoring}]", reranker.with_feedback(None))]
@@ -156,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (work / "runs").mkdir(exist_ok=True)
     rows = []
     for name, (run, times) in stages.items():
-        tag = "bm25" if name.startswith("BM25") else "impact"
+        tag = "bm25" if name.startswith("BM25") else "impact" if "Lucene" in name else "impact-inprocess"
         write_run(work / "runs" / f"{tag}.trec", run, tag=tag)
         rows.append((name, "-", evaluate(run, qrels, measures).aggregate, times.p("total", 50)))
         for rname, rr in rerankers:

@@ -47,7 +47,11 @@ class ServiceState:
         self.recorder = Recorder(build_meter(config), hooks=hooks, keep=False)
         self.engine: Engine | None = None
         self.encoder: TextEncoder | None = None
-        self.bm25: Any = None  # tilde.first_stage.BM25Index when a BM25 index is configured
+        # The /v1/search first stage: a BM25Index, or the index's own weights (ImpactIndex) with
+        # first_stage "impact". ``bm25`` is the same object under the name app.py reads.
+        self.first_stage: Any = None
+        self.bm25: Any = None
+        self.text_store: Any = None  # a BM25Index that keeps the passages' texts: .texts(docids)
         self.load_seconds: float | None = None
         self.error: str | None = None
         self.gate: Any = None  # service.limits.Gate, set by create_app
@@ -72,23 +76,37 @@ class ServiceState:
                 )
                 reranker.warmup()
                 self.engine = Engine(reranker, None)
-                self._load_bm25()
+                self._load_first_stage(reranker)
                 self.load_seconds = time.perf_counter() - t0
                 logger.info("pid %d: index %s open (%d passages) in %.3f s", os.getpid(), self.config.index,
                             len(reranker.index), self.load_seconds)
             if encoder:
                 self._load_encoder()
 
-    def _load_bm25(self) -> None:
-        """The first stage behind /v1/search: --bm25, else <index>/bm25 when it exists."""
+    def _load_first_stage(self, reranker: Reranker) -> None:
+        """The first stage behind /v1/search: BM25 (--bm25, else <index>/bm25 when it exists), or
+        with ``first_stage = "impact"`` the index's own weights (<index>/inverted, else inverted
+        in memory at start). A BM25 index that keeps texts serves return_documents either way."""
         from tilde.first_stage import BM25Index
 
+        kind = getattr(self.config, "first_stage", "bm25")
+        if kind not in ("bm25", "impact"):
+            raise ConfigError(f"first_stage must be bm25 or impact, not {kind!r}")
         path = self.config.bm25
         if path is None and (Path(self.config.index) / "bm25" / "manifest.json").is_file():
             path = str(Path(self.config.index) / "bm25")
-        if path is not None:
-            self.bm25 = BM25Index.load(path)
-            self.bm25.search("warmup", 1)  # compile and page in, like the re-ranking kernel
+        bm25 = BM25Index.load(path) if path is not None else None
+        if bm25 is not None and bm25.has_texts:
+            self.text_store = bm25
+        if kind == "impact":
+            from tilde.first_stage.inverted import ImpactIndex
+
+            self.first_stage = ImpactIndex.load(reranker.index, text=reranker.text)
+        else:
+            self.first_stage = bm25
+        if self.first_stage is not None:
+            self.first_stage.search("warmup", 1)  # compile and page in, like the re-ranking kernel
+        self.bm25 = self.first_stage
 
     def _load_encoder(self) -> None:
         if not self.config.model or self.encoder is not None:
@@ -127,8 +145,9 @@ class ServiceState:
             "index": None,
             "first_stage": None,
         }
-        if self.bm25 is not None:
-            out["first_stage"] = {"engine": "bm25", "path": where(getattr(self.bm25, "path", "")),
+        if self.first_stage is not None:
+            fs = self.first_stage
+            out["first_stage"] = {"engine": getattr(fs, "engine", "bm25"), "path": where(getattr(fs, "path", "")),
                                   "endpoint": "/v1/search"}
         if self.engine is not None:
             idx = self.engine.reranker.index

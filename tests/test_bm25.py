@@ -275,6 +275,30 @@ def test_build_refuses_bad_input_and_overwrites_atomically(tmp_path: Path) -> No
         build_bm25_index(good, tmp_path / "other", b=1.5)
 
 
+def test_texts_are_stored_and_looked_up_by_docid(small_index: Path, tmp_path: Path) -> None:
+    index = BM25Index.load(small_index)
+    assert index.has_texts
+    assert [index.text(r) for r in range(len(index))] == [t for _, t in DOCS]
+    ids = [d for d, _ in DOCS]
+    assert index.texts(ids[::-1]) == [t for _, t in DOCS][::-1]
+    assert index.texts(["nope", ids[0], "x" * 200, ""]) == [None, DOCS[0][1], None, None]
+    assert index.texts([]) == []
+    with pytest.raises(IndexError):
+        index.text(len(index))
+    assert BM25Index.load(small_index, mmap=False).texts(ids[:2]) == [t for _, t in DOCS[:2]]
+    coll = write_tsv(tmp_path / "c2.tsv", DOCS)
+    build_bm25_index(coll, tmp_path / "plain", store_texts=False)
+    plain = BM25Index.load(tmp_path / "plain")
+    assert not plain.has_texts and not (tmp_path / "plain" / "texts.bin").exists()
+    with pytest.raises(BM25IndexError, match="no texts"):
+        plain.texts(ids[:1])
+    assert plain.search("cats", k=3) == index.search("cats", k=3)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # the streamed texts moved in
+    (small_index / "texts.bin").write_bytes(b"short")
+    with pytest.raises(BM25IndexError, match="texts do not match"):
+        BM25Index.load(small_index)
+
+
 def test_load_refuses_damaged_or_foreign_dirs(small_index: Path, tmp_path: Path) -> None:
     with pytest.raises(BM25IndexError, match="not a BM25 index"):
         BM25Index.load(tmp_path)

@@ -4,6 +4,7 @@ reading the expansion output (settings recorded in the manifest)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from tilde.cli import main as cli_main
 from tilde.expand import JobMismatchError, build_pipeline, expand_collection, load_expander
 from tilde.index import TildeIndex
 from tilde.index.build import build_index
+from tilde.io import read_collection
 from tilde.metering import NullMeter, Recorder
 
 TOP_K = 30
@@ -148,9 +150,36 @@ def test_cli_build(expander_dir: Path, tildev2_dir: Path, collection: Path, tmp_
     assert cli_main(args) == 0
     text = capsys.readouterr().out
     assert "expanded 17 passages" in text and "indexed 17 passages" in text
+    assert "BM25 index of 17 docs" in text and "impact first stage: " in text and "written" in text
     assert cli_main(args) == 0
-    assert "already complete" in capsys.readouterr().out
-    assert TildeIndex.open(out).manifest.expansion is not None
+    text = capsys.readouterr().out
+    assert "already complete" in text and "bm25 is current, reused" in text and "current, reused" in text
+    idx = TildeIndex.open(out)
+    assert idx.manifest.expansion is not None
+    # BM25 beside the index (where `tilde serve` looks for it), with the passages' texts
+    from tilde.first_stage import BM25Index
+    from tilde.first_stage.inverted import ImpactIndex
+
+    bm25 = BM25Index.load(out / "bm25")
+    assert len(bm25) == 17 and bm25.has_texts
+    first = next(read_collection(collection))
+    assert bm25.texts([first.pid]) == [first.text]
+    # the inverted weights, listed in the index manifest (verify checks their digests)
+    assert {"inverted/indptr.npy", "inverted/rows.npy", "inverted/codes.npy"} <= set(idx.manifest.files or {})
+    assert idx.verify() == []
+    assert ImpactIndex.load(out).stored
+    # a changed collection makes the BM25 index stale (rebuilt by the next run)
+    from tilde.first_stage.beside import bm25_is_current
+
+    assert bm25_is_current(collection, out / "bm25")
+    os.utime(collection, ns=(1, 1))
+    assert not bm25_is_current(collection, out / "bm25")
+    # opting out
+    bare = tmp_path / "bare"
+    assert cli_main([str(bare) if a == str(out) else a for a in args] + ["--no-bm25", "--no-inverted"]) == 0
+    text = capsys.readouterr().out
+    assert "not built (--no-bm25)" in text and "not written (--no-inverted)" in text
+    assert not (bare / "bm25").exists() and not (bare / "inverted").exists()
 
 
 @pytest.mark.data

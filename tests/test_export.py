@@ -499,9 +499,11 @@ def test_first_stage_spec_errors() -> None:
 
     bm25 = ({"q": [("d", 1.0)]}, None)
     assert select_first_stage("bm25", bm25, [], 10)[:2] == ("BM25", bm25[0])  # type: ignore[arg-type]
-    for bad in ("impact", "impact:", "splade:x", "BM25"):
-        with pytest.raises(ValueError, match="expected bm25 or impact:DIR"):
+    for bad in ("impact:", "splade:x", "BM25", "impactx"):
+        with pytest.raises(ValueError, match="expected bm25, impact or impact:DIR"):
             select_first_stage(bad, bm25, [], 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs --model"):
+        select_first_stage("impact", bm25, [], 10)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

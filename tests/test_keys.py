@@ -45,3 +45,26 @@ def test_str_keys_equal_definition(values: list[object], width: int) -> None:
     want_keys, want_ok = _str_definition(values, width)
     assert ok.tolist() == want_ok
     assert [k for k, g in zip(keys.tolist(), want_ok) if g] == [k for k, g in zip(want_keys, want_ok) if g]
+
+
+def test_numpy_ids_are_the_python_ids() -> None:
+    import numpy as np
+    import pytest
+
+    want_keys, want_ok = int_keys([4, 5, -1, 10**18])
+    for given_ids in (np.array([4, 5, -1, 10**18]), [np.int64(4), np.int32(5), -1, np.uint64(10**18)],
+                      [np.int64(4), np.int32(5), np.int8(-1), np.int64(10**18)],
+                      np.array(["4", "5", "-1", "1" + "0" * 18])):
+        keys, ok = int_keys(given_ids)  # type: ignore[arg-type]
+        assert ok.tolist() == want_ok.tolist() and keys[ok].tolist() == want_keys[want_ok].tolist()
+    assert int_keys(np.array([4, 5], dtype=np.uint8))[1].tolist() == [True, True]
+    assert int_keys(np.array([True, False]))[1].tolist() == [False, False]  # a bool is never an id
+    assert int_keys([np.bool_(True), np.int64(3)])[1].tolist() == [False, True]
+    assert int_keys(np.array([4.0, 5.5]))[1].tolist() == [False, False]  # nor a float
+    assert int_keys(np.array([], dtype=np.int64))[0].size == 0
+    with pytest.raises(ValueError, match="1-D"):
+        int_keys(np.array([[4, 5]]))
+    keys, ok = str_keys(np.array(["a", "bb"]), 4)
+    assert ok.tolist() == [True, True] and keys.tolist() == [b"a", b"bb"]
+    assert str_keys(np.array([b"a", b"bb"]), 4)[0].tolist() == [b"a", b"bb"]
+    assert str_keys(np.array([12, 3]), 4)[0].tolist() == [b"12", b"3"]

@@ -131,3 +131,26 @@ def test_reranker_refuses_other_tokenizer(setup, tmp_path: Path) -> None:  # typ
 
     with pytest.raises(IndexFormatError, match="does not match"):
         Reranker.load(rr.index.path, tokenizer=other)
+
+
+def test_numpy_ids(tmp_path: Path, vocab_dir: Path) -> None:
+    """``rr.rerank(q, np.array([4, 5]))`` and numpy int scalars find the ids as Python ints do."""
+    tp = TextProcessor.load(vocab_dir)
+    raw = random_passages(12, seed=3, vocab=tp.vocab_size, max_len=30)
+    stop_mask = np.zeros(tp.vocab_size, dtype=bool)
+    stop_mask[tp.stop_ids] = True
+    pooled = [pool_postings(ids, w, stop_mask) for ids, w in raw]
+    docids = [str(i * 3 + 1) for i in range(12)]  # int ids, not a range
+    write_index(tmp_path / "idx", docids, pooled, vocab_size=tp.vocab_size, vocab_sha256=tp.vocab_hash,
+                tokenizer=tp.tokenizer)
+    rr = Reranker.load(tmp_path / "idx", missing="error")
+    want = rr.rerank("cat dog river bank", [4, 7, 10]).results
+    for ids in (np.array([4, 7, 10]), np.array([4, 7, 10], dtype=np.int32), [np.int64(4), np.int64(7), 10],
+                np.array(["4", "7", "10"])):
+        got = rr.rerank("cat dog river bank", ids).results  # type: ignore[arg-type]
+        assert got == want
+    assert [type(c) for c in rr.rerank("cat", np.array([4, 7])).candidates] == [int, int]
+    with pytest.raises(UnknownDocidError):
+        rr.rerank("cat", np.array([4, 5]))  # 5 is not an id of this index
+    with pytest.raises(ValueError, match="1-D"):
+        rr.rerank("cat", np.array([[4, 7]]))

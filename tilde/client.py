@@ -4,6 +4,8 @@
 >>> client = Client("http://127.0.0.1:8000")
 >>> client.rerank("what is a tilde", ids=[7, 3, 12], top_n=2).results
 [Result(index=1, id=3, relevance_score=4.25, document=None), ...]
+>>> client.search("what is a tilde", k=100, top_n=10).ids   # first stage + re-ranking
+["3", ...]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Result:
     id: DocId | None
     relevance_score: float
     document: Mapping[str, Any] | None = None
+    first_stage_score: float | None = None  # /v1/search: the candidate's first-stage (BM25 or impact) score
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,30 @@ class BatchItem:
     encoded: list[Mapping[str, Any]]
 
 
+def _plain(obj: Any) -> Any:
+    """JSON/msgpack ``default`` hook: numpy arrays and scalars (ids as ``np.array([4, 5])`` or
+    ``np.int64``) as the Python lists and values they hold, without importing numpy here."""
+    if type(obj).__module__ == "numpy":
+        tolist = getattr(obj, "tolist", None)
+        if callable(tolist):
+            return tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _id_list(ids: Sequence[DocId] | Any) -> list[Any]:
+    """``ids`` as a list; a numpy array becomes the Python values it holds."""
+    tolist = getattr(ids, "tolist", None)
+    if type(ids).__module__ == "numpy" and callable(tolist):
+        out = tolist()
+        if not isinstance(out, list):
+            raise ValueError("ids must be a sequence of ids, not a single value")
+        return out
+    return list(ids)
+
+
 def _results(rows: Sequence[Mapping[str, Any]]) -> list[Result]:
-    return [Result(r["index"], r.get("id"), r["relevance_score"], r.get("document")) for r in rows]
+    return [Result(r["index"], r.get("id"), r["relevance_score"], r.get("document"), r.get("first_stage_score"))
+            for r in rows]
 
 
 class Client:
@@ -93,10 +118,10 @@ class Client:
         if format == "msgpack":
             import msgpack
 
-            self._pack = lambda obj: msgpack.packb(obj, use_bin_type=True)
+            self._pack = lambda obj: msgpack.packb(obj, use_bin_type=True, default=_plain)
             self._unpack = lambda data: msgpack.unpackb(data, raw=False)
         else:
-            self._pack = lambda obj: json.dumps(obj, separators=(",", ":")).encode("utf-8")
+            self._pack = lambda obj: json.dumps(obj, separators=(",", ":"), default=_plain).encode("utf-8")
             self._unpack = lambda data: json.loads(data)
 
     # -- transport -------------------------------------------------------------------------------
@@ -159,7 +184,7 @@ class Client:
     def rerank(
         self,
         query: str,
-        ids: Sequence[DocId] | None = None,
+        ids: Sequence[DocId] | Any | None = None,
         documents: Sequence[str | Mapping[str, Any]] | None = None,
         top_n: int | None = None,
         return_documents: bool = False,
@@ -168,7 +193,7 @@ class Client:
         """Re-rank index ``ids`` (fast path) or Cohere-style ``documents`` for ``query``."""
         body: dict[str, Any] = {"query": query}
         if ids is not None:
-            body["ids"] = list(ids)
+            body["ids"] = _id_list(ids)
         if documents is not None:
             body["documents"] = list(documents)
         if top_n is not None:
@@ -178,6 +203,29 @@ class Client:
         if missing is not None:
             body["missing"] = missing
         _, out, _ = self.request("POST", "/v1/rerank", body)
+        return RerankResponse(out["id"], _results(out["results"]), out.get("meta", {}))
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        top_n: int | None = None,
+        return_documents: bool = False,
+        mode: str | None = None,
+    ) -> RerankResponse:
+        """First stage + re-ranking in one call (``POST /v1/search``): the server's first stage
+        (BM25, or the index's own weights) retrieves ``k`` passages, which are re-ranked; results
+        carry ``first_stage_score`` and, with ``return_documents``, the passage text."""
+        body: dict[str, Any] = {"query": query}
+        if k is not None:
+            body["k"] = k
+        if top_n is not None:
+            body["top_n"] = top_n
+        if return_documents:
+            body["return_documents"] = True
+        if mode is not None:
+            body["mode"] = mode
+        _, out, _ = self.request("POST", "/v1/search", body)
         return RerankResponse(out["id"], _results(out["results"]), out.get("meta", {}))
 
     def rerank_batch(

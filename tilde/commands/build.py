@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core); "
                    "on a busy machine 1 can beat 2")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-bm25", action="store_true",
+                   help="do not write the BM25 index of the collection at <output>/bm25 (the /v1/search first stage)")
+    p.add_argument("--no-inverted", action="store_true",
+                   help="do not write <output>/inverted, the index's weights inverted for the impact first stage "
+                        "(then it is inverted in memory when needed)")
     add_impact_arguments(p)
     add_engine_arguments(p)
 
@@ -44,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from tilde.expand.pipeline import build_pipeline
+    from tilde.first_stage.beside import complete_impact_index
     from tilde.models import resolve_expander, resolve_model
 
     if args.threads is not None:
@@ -60,12 +66,17 @@ def main(args: argparse.Namespace) -> int:
                                "applies to TILDEv2 models (--model ielab/TILDEv2-TILDE200-exp)")
         settings = impact_settings(args, _stderr)
         dtype = "auto" if args.dtype == "auto" else args.dtype
-        impact = build_impact_index(
-            settings.pop("model"), args.collection, args.output, **settings, tokenizer=args.tokenizer,
-            batch_size=args.batch_size, chunk_batches=args.chunk_batches, device=device, dtype=dtype,
-            weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress, engine=engine,
-        )
-        print(impact.format())
+        if not args.overwrite and complete_impact_index(args.output, args.collection, settings):
+            # A re-run after the index finished (e.g. interrupted in the first stages): keep it.
+            print(f"index: already complete, reused ({args.output}; --overwrite rebuilds it)")
+        else:
+            impact = build_impact_index(
+                settings.pop("model"), args.collection, args.output, **settings, tokenizer=args.tokenizer,
+                batch_size=args.batch_size, chunk_batches=args.chunk_batches, device=device, dtype=dtype,
+                weight_dtype=args.weights, overwrite=args.overwrite, progress=not args.no_progress, engine=engine,
+            )
+            print(impact.format())
+        _first_stages(args)
         print(f"build complete: {args.output}")
         return 0
     if engine is not None and args.expander != "none":
@@ -90,7 +101,17 @@ def main(args: argparse.Namespace) -> int:
         engine=engine,
     )
     print(summary.format())
+    _first_stages(args)
     return 0
+
+
+def _first_stages(args: argparse.Namespace) -> None:
+    """Write (or reuse) the first stages beside the finished index; one summary line each."""
+    from tilde.first_stage.beside import bm25_beside, inverted_beside
+
+    print("BM25 index: not built (--no-bm25)" if args.no_bm25
+          else bm25_beside(args.collection, args.output, overwrite=args.overwrite))
+    print("impact first stage: not written (--no-inverted)" if args.no_inverted else inverted_beside(args.output))
 
 
 def _stderr(message: str) -> None:

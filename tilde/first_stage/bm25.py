@@ -9,6 +9,12 @@ Layout of an index directory::
     indices.csc.index.npy   int32 [P]    doc row of each posting, ascending within a term
     indptr.csc.index.npy    int64 [V+1]  term t's postings are [indptr[t], indptr[t+1])
     params.index.json       bm25s' own parameters file
+    texts.bin               (optional) every passage's text, UTF-8, back to back ...
+    text_offsets.npy        ... int64 [N+1]: row i's text is bytes [off[i], off[i+1])
+    docids_order.npy        ... int64 [N]: rows in docid order (looking texts up by docid)
+
+The texts (manifest ``extra.texts``) let ``/v1/search`` return documents; they cost what the
+collection's text costs on disk (memory-mapped, so nothing in RAM until read).
 
 The ``*.index.*`` files are bm25s' eager-score format (``bm25s.BM25.load(dir, mmap=True,
 load_vocab=False)`` opens the directory), and the weights are bm25s' ``method="lucene"``
@@ -71,6 +77,9 @@ DATA = "data.csc.index.npy"
 INDICES = "indices.csc.index.npy"
 INDPTR = "indptr.csc.index.npy"
 PARAMS = "params.index.json"
+TEXTS = "texts.bin"
+TEXT_OFFSETS = "text_offsets.npy"
+DOCIDS_ORDER = "docids_order.npy"
 LENGTH_NORMS = ("lucene", "exact")
 # Pyserini's defaults; MS MARCO passage "tuned" values are k1=0.82, b=0.68.
 DEFAULT_K1 = 0.9
@@ -243,9 +252,11 @@ def build_bm25_index(
     fmt: str = "auto",
     overwrite: bool = False,
     log_every: int = 1_000_000,
+    store_texts: bool = True,
 ) -> BM25BuildSummary:
     """Analyse ``collection`` (any format :func:`tilde.io.read_collection` reads, with text) and
-    write a BM25 index directory to ``output``, atomically: a crash leaves no half index."""
+    write a BM25 index directory to ``output``, atomically: a crash leaves no half index.
+    ``store_texts`` keeps every passage's text in the index (:meth:`BM25Index.texts`)."""
     if not (k1 >= 0 and 0 <= b <= 1):
         raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
     if length_norm not in LENGTH_NORMS:
@@ -261,18 +272,45 @@ def build_bm25_index(
     flat = array("i")
     lengths = array("q")
     docids: list[bytes] = []
-    for row, p in enumerate(read_collection(coll, fmt)):
-        if p.text is None:
-            raise FormatError(
-                f"{coll}:{p.line}: BM25 needs passage text, but this collection holds token ids "
-                "(expansion output); index the original text collection"
-            )
-        ids = [vocab.setdefault(t, len(vocab)) for t in analyzer.terms(p.text)]
-        flat.extend(ids)
-        lengths.append(len(ids))
-        docids.append(p.pid.encode("utf-8"))
-        if log_every and (row + 1) % log_every == 0:
-            logger.info("analysed %d docs, %d tokens, %d terms", row + 1, len(flat), len(vocab))
+    text_offsets = array("q", [0])
+    # Texts stream to a hidden file beside the output (moved into the index at the end), so
+    # that they never sit in memory; any failure removes it.
+    texts_tmp = out.with_name(f".tmp-texts-{os.getpid()}-{time.monotonic_ns()}.{out.name}")
+    texts_f = open(texts_tmp, "wb") if store_texts else None  # noqa: SIM115 (closed in finally)
+    try:
+        for row, p in enumerate(read_collection(coll, fmt)):
+            if p.text is None:
+                raise FormatError(
+                    f"{coll}:{p.line}: BM25 needs passage text, but this collection holds token ids "
+                    "(expansion output); index the original text collection"
+                )
+            ids = [vocab.setdefault(t, len(vocab)) for t in analyzer.terms(p.text)]
+            flat.extend(ids)
+            lengths.append(len(ids))
+            docids.append(p.pid.encode("utf-8"))
+            if texts_f is not None:
+                encoded = p.text.encode("utf-8")
+                texts_f.write(encoded)
+                text_offsets.append(text_offsets[-1] + len(encoded))
+            if log_every and (row + 1) % log_every == 0:
+                logger.info("analysed %d docs, %d tokens, %d terms", row + 1, len(flat), len(vocab))
+        if texts_f is not None:
+            texts_f.close()
+        summary = _write_bm25(coll, out, vocab, flat, lengths, docids, k1, b, analyzer, length_norm, started,
+                              (texts_tmp, text_offsets) if store_texts else None)
+    finally:
+        if texts_f is not None:
+            texts_f.close()
+        texts_tmp.unlink(missing_ok=True)
+    return summary
+
+
+def _write_bm25(
+    coll: Path, out: Path, vocab: dict[str, int], flat: array, lengths: array,  # type: ignore[type-arg]
+    docids: list[bytes], k1: float, b: float, analyzer: Analyzer, length_norm: str, started: float,
+    texts: tuple[Path, array] | None,  # type: ignore[type-arg]
+) -> BM25BuildSummary:
+    """Weights and files of an analysed collection (the second half of :func:`build_bm25_index`)."""
     if not docids:
         raise BM25IndexError(f"{coll}: the collection is empty")
     docid_arr = _as_bytes_array(docids)
@@ -310,6 +348,8 @@ def build_bm25_index(
         collection={"path": str(coll.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
         tilde_version=__version__,
         bm25s_version=_bm25s_version(),
+        # In extra: an older tilde still opens the index (it ignores the texts).
+        extra={"texts": {"file": TEXTS, "offsets": TEXT_OFFSETS, "order": DOCIDS_ORDER}} if texts else {},
     )
     params = {
         "k1": float(k1), "b": float(b), "delta": 0.5, "method": "lucene", "idf_method": "lucene",
@@ -321,6 +361,10 @@ def build_bm25_index(
         tmp.mkdir()
         for name, arr in ((DOCIDS, docid_arr), (TERMS, terms_arr), (DATA, data), (INDICES, indices), (INDPTR, indptr)):
             np.save(tmp / name, arr, allow_pickle=False)
+        if texts is not None:
+            os.replace(texts[0], tmp / TEXTS)
+            np.save(tmp / TEXT_OFFSETS, np.frombuffer(texts[1], dtype=np.int64), allow_pickle=False)
+            np.save(tmp / DOCIDS_ORDER, np.argsort(docid_arr, kind="stable").astype(np.int64), allow_pickle=False)
         (tmp / PARAMS).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
         # The manifest last: a directory without one is never taken for an index.
         (tmp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
@@ -333,6 +377,21 @@ def build_bm25_index(
                                _dir_bytes(out), time.perf_counter() - started)
     logger.info(summary.format())
     return summary
+
+
+def _load_texts(path: Path, n: int, mode: Literal["r"] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        offsets = np.load(path / TEXT_OFFSETS, mmap_mode=mode, allow_pickle=False)
+        order = np.load(path / DOCIDS_ORDER, mmap_mode=mode, allow_pickle=False)
+        size = (path / TEXTS).stat().st_size
+        data = np.memmap(path / TEXTS, dtype=np.uint8, mode="r") if size and mode else \
+            np.fromfile(path / TEXTS, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise BM25IndexError(f"{path}: damaged BM25 texts ({exc})") from exc
+    if (offsets.shape != (n + 1,) or offsets.dtype != np.int64 or order.shape != (n,) or order.dtype != np.int64
+            or int(offsets[0]) != 0 or int(offsets[-1]) != size):
+        raise BM25IndexError(f"{path}: texts do not match the manifest (damaged or mixed index)")
+    return data, offsets, order
 
 
 class BM25Index:
@@ -358,6 +417,8 @@ class BM25Index:
         self._docids = docids
         self._terms = terms
         self._csc = (data, indices, indptr)
+        self._texts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (bytes, offsets, docid order)
+        self._sorted_docids: np.ndarray | None = None
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike[str], mmap: bool = True) -> BM25Index:
@@ -376,7 +437,10 @@ class BM25Index:
                 or indices.shape != (p,) or data.dtype != np.float32 or indices.dtype != np.int32
                 or indptr.dtype != np.int64 or (v and int(indptr[-1]) != p)):
             raise BM25IndexError(f"{path}: arrays do not match the manifest (damaged or mixed index)")
-        return cls(path, manifest, docids, terms, data, indices, indptr)
+        index = cls(path, manifest, docids, terms, data, indices, indptr)
+        if manifest.extra.get("texts"):
+            index._texts = _load_texts(path, n, mode)
+        return index
 
     def __len__(self) -> int:
         return self.manifest.num_docs
@@ -403,6 +467,42 @@ class BM25Index:
 
     def docid(self, row: int) -> str:
         return bytes(self._docids[row]).decode("utf-8")
+
+    @property
+    def has_texts(self) -> bool:
+        """True when the index stores the passages' texts (built with ``store_texts``)."""
+        return self._texts is not None
+
+    def text(self, row: int) -> str:
+        """The stored text of ``row``; :class:`BM25IndexError` when the index keeps no texts."""
+        if self._texts is None:
+            raise BM25IndexError(f"{self.path}: this BM25 index stores no texts (rebuild it with a current tilde)")
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} outside 0..{len(self) - 1}")
+        data, offsets, _ = self._texts
+        lo, hi = int(offsets[row]), int(offsets[row + 1])
+        return bytes(data[lo:hi]).decode("utf-8")
+
+    def rows(self, docids: Sequence[str]) -> np.ndarray:
+        """Rows of ``docids`` (int64), -1 for ids not in the index (needs the stored docid order)."""
+        if self._texts is None:
+            raise BM25IndexError(f"{self.path}: this BM25 index stores no texts (rebuild it with a current tilde)")
+        n = len(self)
+        if not len(docids) or not n:
+            return np.full(len(docids), -1, dtype=np.int64)
+        if self._sorted_docids is None:  # once: the ids in sorted order (a few bytes a row)
+            self._sorted_docids = np.asarray(self._docids[np.asarray(self._texts[2])])
+        sorted_ids = self._sorted_docids
+        encoded = [str(d).encode("utf-8") for d in docids]
+        fits = np.array([len(e) <= sorted_ids.dtype.itemsize and not e.endswith(b"\x00") for e in encoded])
+        keys = np.array(encoded, dtype=sorted_ids.dtype)  # too long ones are truncated, then refused by ``fits``
+        pos = np.minimum(np.searchsorted(sorted_ids, keys), n - 1)
+        hit = fits & (sorted_ids[pos] == keys)
+        return np.where(hit, np.asarray(self._texts[2])[pos], -1).astype(np.int64)
+
+    def texts(self, docids: Sequence[str]) -> list[str | None]:
+        """The stored text of each of ``docids`` (None for an id not in the index), in order."""
+        return [self.text(int(r)) if r >= 0 else None for r in self.rows(docids).tolist()]
 
     def search_ids(self, term_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, scores)`` of the top ``k`` documents for already analysed term ids."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-__all__ = ["int_keys", "str_keys"]
+__all__ = ["as_id_sequence", "int_keys", "str_keys"]
 
 _MAX_DIGITS = 18  # < 2**63 always; longer ids cannot be in an int64-keyed index
 
@@ -51,24 +51,46 @@ def _slow(docids: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
     keys = np.full(n, -1, dtype=np.int64)
     ok = np.zeros(n, dtype=np.bool_)
     for i, d in enumerate(docids):
-        if isinstance(d, bool):
+        if isinstance(d, (bool, np.bool_)):
             continue  # True is an int in Python, never a docid
-        if isinstance(d, int):
-            if 0 <= d < 10**_MAX_DIGITS:
-                keys[i], ok[i] = d, True
+        if isinstance(d, (int, np.integer)):
+            if 0 <= int(d) < 10**_MAX_DIGITS:
+                keys[i], ok[i] = int(d), True
         elif isinstance(d, str) and d.isascii() and d.isdigit() and (d == "0" or d[0] != "0") and len(d) <= _MAX_DIGITS:
             keys[i], ok[i] = int(d), True
     return keys, ok
 
 
-def int_keys(docids: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 keys, convertible mask) for ids given as canonical decimal strings or ints."""
+def as_id_sequence(docids: Sequence[object] | np.ndarray) -> Sequence[object]:
+    """A numpy array of ids as a list of Python values (a 1-D array only: a matrix of ids is an
+    error, not a flat list); anything else unchanged."""
+    if isinstance(docids, np.ndarray):
+        if docids.ndim != 1:
+            raise ValueError(f"ids must be a 1-D sequence, not an array of shape {docids.shape}")
+        if docids.dtype.kind == "S":
+            return [b.decode("utf-8", "replace") for b in docids.tolist()]
+        return docids.tolist()  # type: ignore[no-any-return]
+    return docids
+
+
+def _integer_type(t: type) -> bool:
+    return issubclass(t, (int, np.integer)) and not issubclass(t, (bool, np.bool_))
+
+
+def int_keys(docids: Sequence[object] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 keys, convertible mask) for ids given as canonical decimal strings or ints
+    (Python or numpy integers, or a 1-D numpy array of either)."""
+    if isinstance(docids, np.ndarray) and docids.ndim == 1 and docids.dtype.kind == "i":
+        keys = docids.astype(np.int64)
+        ok = (keys >= 0) & (keys < 10**_MAX_DIGITS)
+        return np.where(ok, keys, -1), ok
+    docids = as_id_sequence(docids)
     n = len(docids)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.bool_)
-    if type(docids[0]) is int and set(map(type, docids)) == {int}:
-        # Python ints need no canonical-form check: one conversion (bool is excluded: its type
-        # is bool, not int).
+    if type(docids[0]) is not str and all(_integer_type(t) and t is not np.uint64 for t in set(map(type, docids))):
+        # Integers need no canonical-form check: one conversion (bool is excluded: its type is
+        # bool, not int; numpy's uint64 could wrap in the cast and takes the slow path).
         try:
             keys = np.array(docids, dtype=np.int64)
         except OverflowError:
@@ -116,9 +138,10 @@ def _split(buf: np.ndarray, out: np.ndarray, ok: np.ndarray) -> bool:
     return pos == size
 
 
-def str_keys(docids: Sequence[object], width: int) -> tuple[np.ndarray, np.ndarray]:
+def str_keys(docids: Sequence[object] | np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(``|S<width>`` UTF-8 keys, convertible mask) for string-keyed indexes: one join and one
     compiled pass instead of encoding 1,000 ids one by one (~150 us)."""
+    docids = as_id_sequence(docids)
     n = len(docids)
     out = np.zeros((n, width), dtype=np.uint8)
     ok = np.zeros(n, dtype=np.bool_)

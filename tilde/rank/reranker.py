@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from tilde.index.format import IndexFormatError
+from tilde.index.keys import as_id_sequence
 from tilde.index.reader import TildeIndex
 from tilde.rank.feedback import Feedback, feedback_terms
 from tilde.rank.fusion import fuse
@@ -282,6 +283,8 @@ class Reranker:
         scores (same order), which fused scoring uses when it weights them."""
         fb = self.feedback if feedback == "reranker" else self._feedback(feedback)
         sc = self.scoring if mode is None else self._scoring(mode)
+        if isinstance(candidates, np.ndarray):  # numpy ids: Python values, so results show them as sent
+            candidates = as_id_sequence(candidates)
         fs: np.ndarray | None = None
         if first_stage is not None:
             fs = np.asarray(first_stage, dtype=np.float64)
