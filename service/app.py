@@ -14,7 +14,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -96,18 +96,19 @@ def _reply(obj: Any, fmt: str, status: int = 200, headers: dict[str, str] | None
     return Response(wire.encode(obj, fmt), status=status, headers=headers, content_type=fmt)
 
 
-def _meta(clock: StageClock, method: str, ranked: Ranked | None = None, score: str = "raw") -> dict[str, Any]:
+def _meta(clock: StageClock, method: str, ranked: Ranked | None = None,
+          calibration: Mapping[str, float] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "timing": {k: round(v, 4) for k, v in clock.timing.items()},
         "energy": {"joules": clock.joules, "method": method},
-        "score": score,
+        "score": "raw" if calibration is None else "calibrated",
     }
     if ranked is not None:
         meta["missing"] = ranked.missing
         meta["encoded"] = ranked.encoded
         meta["query_tokens"] = ranked.query_tokens
         meta["feedback_terms"] = ranked.feedback_terms
-        meta["mode"] = ranked.mode.removesuffix(CALIBRATED)
+        meta["mode"] = ranked.mode
         meta["signals"] = list(ranked.signals)
     return meta
 
@@ -116,25 +117,30 @@ def _rid() -> str:
     return str(request.environ["tilde.request_id"])
 
 
-CALIBRATED = "+calibrated"  # marks a Ranked whose scores were calibrated (stripped from meta.mode)
-
-
-def _calibrate(reranker: Any, ranked: Ranked, mode: str | None, strict: bool, where: str = "") -> Ranked:
-    """``ranked`` with its scores mapped to 0-1 by the index's logistic for the mode that scored
-    them (a monotonic map: the order stands). Candidates appended under the "zero" policy keep
-    0.0, the floor of the scale. No calibration for the mode: a 422 (``strict``), else unchanged."""
-    used = reranker.scoring if mode is None else reranker._scoring(mode)
-    params = calibration_for(reranker.recommended, used)
-    if params is None:
-        if not strict:
-            return ranked
-        raise ApiError(422, f"{where}calibration not available for this index and mode {used}: its manifest has no "
+def _calibration(reranker: Any, mode: str | None, score: str, strict: bool = True) -> Mapping[str, float] | None:
+    """The index's logistic for scores made in ``mode`` when ``score`` is "calibrated" (None for
+    raw scores). The index has none for the mode: a 422 (``strict``), else None (raw scores)."""
+    if score == "raw":
+        return None
+    try:
+        used = reranker.scoring if mode is None else reranker._scoring(mode)
+    except ValueError as exc:  # a malformed mode
+        raise ApiError(422, str(exc), "invalid") from None
+    params: Mapping[str, float] | None = calibration_for(reranker.recommended, used)
+    if params is None and strict:
+        raise ApiError(422, f"calibration not available for this index and mode {used}: its manifest has no "
                             f"scoring.calibration for it (fit one with python -m eval.calibrate), or send "
                             f"\"score\": \"raw\"", "calibration_unavailable")
+    return params
+
+
+def _calibrated(ranked: Ranked, params: Mapping[str, float]) -> Ranked:
+    """``ranked`` with its scores mapped to 0-1 (a monotonic map: the order stands). Candidates
+    appended under the "zero" policy keep 0.0, the floor of the scale."""
     scores = calibrated_scores(ranked.scores, params)
     if ranked.missing:
         scores[np.isin(ranked.order, [m["index"] for m in ranked.missing])] = 0.0
-    return dataclasses.replace(ranked, scores=scores, mode=ranked.mode + CALIBRATED)
+    return dataclasses.replace(ranked, scores=scores)
 
 
 def _index_ids(docids: list[str], kind: str) -> list[Any]:
@@ -253,37 +259,34 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
             return handler(eng, fmt_in, fmt, data, deadline)
 
     def rank(eng: Any, req: RerankRequest, clock: StageClock, policy: str, budget: EncodeBudget, q: np.ndarray,
-             where: str = "", mode: str | None = None, first_stage: np.ndarray | None = None,
-             max_tokens_per_doc: int | None = None, max_chunks_per_doc: int | None = None,
-             strict: bool = True) -> Ranked:
-        """Engine.rank, then the score the request asked for (``strict``: a 422 when calibrated
-        scores are asked for and the index has none; else raw scores stay)."""
+             calibration: Mapping[str, float] | None, where: str = "", mode: str | None = None,
+             first_stage: np.ndarray | None = None, max_tokens_per_doc: int | None = None,
+             max_chunks_per_doc: int | None = None) -> Ranked:
+        """Engine.rank, then calibrated scores when ``calibration`` is given."""
         ranked = eng.rank(req, policy, clock, budget, where=where, mode=mode, first_stage=first_stage, q=q,
                           max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc)
-        if req.score == "raw":
-            return ranked
-        return _calibrate(eng.reranker, ranked, mode, strict, where)
+        return ranked if calibration is None else _calibrated(ranked, calibration)
 
     def reply(fmt: str, response: Any, clock: StageClock, headers: dict[str, str] | None = None) -> Response:
         body = schemas.encode(response, fmt)
         return Response(body, content_type=fmt, headers={"Server-Timing": clock.server_timing(), **(headers or {})})
 
-    def single(eng: Any, req: RerankRequest, fmt: str, clock: StageClock, max_tokens: int | None = None,
-               max_chunks: int | None = None, strict: bool = True) -> Ranked:
+    def single(eng: Any, req: RerankRequest, clock: StageClock, calibration: Mapping[str, float] | None,
+               max_tokens: int | None = None, max_chunks: int | None = None) -> Ranked:
         """Budget, tokenize and rank one query (/v1/rerank, /v2/rerank, /rerank)."""
         check_budget([req], None, config, eng.query_encodes(req.mode))
         clock.lap("parse")
         q = eng.query_ids(req.query)
         check_budget([req], [q], config)
         clock.lap("tokenize")
-        return rank(eng, req, clock, req.missing or config.missing, EncodeBudget(config.max_encode), q,
-                    mode=req.mode, max_tokens_per_doc=max_tokens, max_chunks_per_doc=max_chunks, strict=strict)
+        return rank(eng, req, clock, req.missing or config.missing, EncodeBudget(config.max_encode), q, calibration,
+                    mode=req.mode, max_tokens_per_doc=max_tokens, max_chunks_per_doc=max_chunks)
 
-    def finish(clock: StageClock, ranked: Ranked, n: int, score: str) -> dict[str, Any]:
+    def finish(clock: StageClock, ranked: Ranked, n: int, calibration: Mapping[str, float] | None) -> dict[str, Any]:
         clock.lap("serialize", len(ranked.order))
         clock.finish(n)
         state.metrics.observe_work(1, n - len(ranked.encoded), len(ranked.encoded))
-        return _meta(clock, method, ranked, score)
+        return _meta(clock, method, ranked, calibration)
 
     @app.post("/v1/rerank")
     def rerank_v1() -> Response:
@@ -292,9 +295,10 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
     def _rerank_v1(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
         clock = StageClock(state.recorder, deadline)
         req = schemas.parse_rerank(data, fmt_in, limits)
-        ranked = single(eng, req, fmt, clock, req.max_tokens_per_doc, req.max_chunks_per_doc)
+        cal = _calibration(eng.reranker, req.mode, req.score)
+        ranked = single(eng, req, clock, cal, req.max_tokens_per_doc, req.max_chunks_per_doc)
         results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
-        meta = finish(clock, ranked, len(req), req.score)
+        meta = finish(clock, ranked, len(req), cal)
         return reply(fmt, schemas.RerankResponse(_rid(), msgspec.Raw(results), meta), clock)  # type: ignore[arg-type]
 
     @app.post("/v2/rerank")
@@ -304,9 +308,10 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
     def _rerank_v2(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
         clock = StageClock(state.recorder, deadline)
         req = schemas.parse_v2(data, fmt_in, limits)
-        ranked = single(eng, req, fmt, clock, req.max_tokens_per_doc)
+        cal = _calibration(eng.reranker, req.mode, req.score)
+        ranked = single(eng, req, clock, cal, req.max_tokens_per_doc)
         results = schemas.render_v2(fmt, ranked)
-        meta = finish(clock, ranked, len(req), req.score)
+        meta = finish(clock, ranked, len(req), cal)
         return reply(fmt, schemas.RerankV2Response(_rid(), msgspec.Raw(results), meta), clock)  # type: ignore[arg-type]
 
     @app.post("/rerank")
@@ -314,15 +319,23 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         return work(_rerank_tei)
 
     def _rerank_tei(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
+        """TEI (``texts``: a bare array) or Infinity (``documents``: an object) on one path."""
         clock = StageClock(state.recorder, deadline)
         req, body = schemas.parse_tei(data, fmt_in, limits)
-        # raw_scores false (TEI's default): calibrated where the index has a calibration, else raw
-        ranked = single(eng, req, fmt, clock, strict=False)
-        kind = "calibrated" if ranked.mode.endswith(CALIBRATED) else "raw"
-        results = schemas.render_tei(fmt, ranked, body.texts if body.return_text else None)
-        finish(clock, ranked, len(req), kind)
-        return Response(results, content_type=fmt, headers={"Server-Timing": clock.server_timing(),
-                                                             "X-Tilde-Score": kind})
+        # raw_scores false (both servers' default): calibrated where the index has a calibration, else raw
+        cal = None if body.raw_scores else _calibration(eng.reranker, req.mode, "calibrated", strict=False)
+        ranked = single(eng, req, clock, cal)
+        kind = {"X-Tilde-Score": "raw" if cal is None else "calibrated"}
+        texts = [d.text or "" for d in req.documents or ()]
+        if body.texts is not None:
+            results = schemas.render_tei(fmt, ranked, texts if body.return_text else None)
+            finish(clock, ranked, len(req), cal)
+            return Response(results, content_type=fmt, headers={"Server-Timing": clock.server_timing(), **kind})
+        results = schemas.render_infinity(fmt, ranked, texts if body.return_documents else None)
+        meta = finish(clock, ranked, len(req), cal)
+        response = schemas.InfinityRerankResponse(id=_rid(), model=body.model or "tilde", created=int(time.time()),
+                                                  results=msgspec.Raw(results), meta=meta)  # type: ignore[arg-type]
+        return reply(fmt, response, clock, kind)
 
     @app.post("/v1/rerank/batch")
     def rerank_batch() -> Response:
@@ -331,6 +344,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
     def _rerank_batch(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
         clock = StageClock(state.recorder, deadline)
         batch = schemas.parse_batch(data, fmt_in, limits)
+        cal = _calibration(eng.reranker, batch.mode, batch.score)
         check_budget(batch.queries, None, config, eng.query_encodes(batch.mode) * len(batch.queries))
         clock.lap("parse")
         qs = [eng.query_ids(req.query, f"queries[{qi}]: ") for qi, req in enumerate(batch.queries)]
@@ -341,7 +355,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         items = []
         n = encoded = 0
         for qi, req in enumerate(batch.queries):
-            ranked = rank(eng, req, clock, policy, budget, qs[qi], where=f"queries[{qi}]: ", mode=batch.mode,
+            ranked = rank(eng, req, clock, policy, budget, qs[qi], cal, where=f"queries[{qi}]: ", mode=batch.mode,
                           max_tokens_per_doc=batch.max_tokens_per_doc, max_chunks_per_doc=batch.max_chunks_per_doc)
             results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
             clock.lap("serialize", len(ranked.order))
@@ -353,7 +367,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         clock.lap("serialize", 0)
         clock.finish(n)
         state.metrics.observe_work(len(items), n - encoded, encoded)
-        meta = _meta(clock, method, None, batch.score)
+        meta = _meta(clock, method, None, cal)
         return reply(fmt, schemas.BatchRerankResponse(_rid(), items, meta), clock)  # type: ignore[arg-type]
 
     @app.post("/v1/search")
@@ -367,6 +381,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
     def _search(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
         clock = StageClock(state.recorder, deadline)
         sreq = schemas.parse_search(data, fmt_in, limits)
+        cal = _calibration(eng.reranker, sreq.mode, sreq.score)
         clock.lap("parse")
         hits = state.bm25.search(sreq.query, sreq.k)
         texts = _passage_texts(state.bm25, [h.docid for h in hits]) if sreq.return_documents else None
@@ -379,10 +394,10 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         clock.lap("tokenize")
         # Candidates come from the same collection; one missing from the TILDEv2 index keeps its
         # place at the end with score 0 (reported), never silently dropped.
-        ranked = rank(eng, req, clock, "zero", EncodeBudget(0), q, mode=sreq.mode,
+        ranked = rank(eng, req, clock, "zero", EncodeBudget(0), q, cal, mode=sreq.mode,
                       first_stage=np.array([h.score for h in hits], dtype=np.float64))
         results = schemas.render_search(fmt, ranked, ids, [h.score for h in hits], texts)
-        meta = finish(clock, ranked, len(hits), sreq.score)
+        meta = finish(clock, ranked, len(hits), cal)
         meta["first_stage"] = {"engine": "bm25", "k": sreq.k, "hits": len(hits)}
         return reply(fmt, schemas.SearchResponse(_rid(), msgspec.Raw(results), meta), clock)  # type: ignore[arg-type]
 

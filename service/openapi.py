@@ -83,6 +83,8 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                                                       ref_template="#/components/schemas/{name}")
     _fill_limits(components, config)
     components["TeiRanks"] = refs[schemas.SCHEMA_TYPES.index(list[schemas.TeiRank])]
+    # /rerank answers TEI's bare array for "texts", Infinity's object for "documents"
+    components["RerankTeiOrInfinity"] = {"anyOf": [_ref("TeiRanks"), _ref("InfinityRerankResponse")]}
     headers = {
         "X-Request-Id": {"schema": {"type": "string"}, "description": "Echoes a valid X-Request-Id, else generated"},
         "Server-Timing": {"schema": {"type": "string"}, "description": "Per-stage milliseconds"},
@@ -106,9 +108,10 @@ def openapi_spec(config: ServiceConfig) -> dict[str, Any]:
                                  "One result list per query, in request order"),
         "/v2/rerank": post("RerankV2Request", "RerankV2Response", "Cohere v2 re-ranking of texts",
                            "Results, best first (every document unless top_n)"),
-        "/rerank": post("TeiRerankRequest", "TeiRanks",
-                        "text-embeddings-inference re-ranking of texts",
-                        "Every text, best first (header X-Tilde-Score: raw or calibrated)"),
+        "/rerank": post("TeiRerankRequest", "RerankTeiOrInfinity",
+                        "text-embeddings-inference (texts) or Infinity (documents) re-ranking of texts",
+                        "texts: a bare array, every text best first; documents: Infinity's object (header "
+                        "X-Tilde-Score: raw or calibrated)"),
         "/v1/search": post("SearchRequest", "SearchResponse",
                            "First stage (embedded BM25) + TILDEv2 re-ranking in one call", "Results, best first",
                            "404"),

@@ -8,7 +8,8 @@ Endpoints and their bodies (all over the same :class:`service.engine.Engine`):
   → :class:`RerankResponse`.
 * ``POST /v1/rerank/batch`` — many queries: :class:`BatchRerankRequest` → :class:`BatchRerankResponse`.
 * ``POST /v2/rerank`` — Cohere v2: :class:`RerankV2Request` → :class:`RerankV2Response`.
-* ``POST /rerank`` — text-embeddings-inference: :class:`TeiRerankRequest` → a bare array of :class:`TeiRank`.
+* ``POST /rerank`` — text-embeddings-inference (``texts``): :class:`TeiRerankRequest` → a bare array of
+  :class:`TeiRank`; Infinity (``documents``, same path): → :class:`InfinityRerankResponse`.
 * ``POST /v1/search`` — BM25 + re-ranking: :class:`SearchRequest` → :class:`SearchResponse`.
 
 What msgspec cannot express is checked right after decoding, with the same 422 shape naming the
@@ -52,6 +53,7 @@ __all__ = [
     "RerankV2Response",
     "SearchRequest",
     "SearchResponse",
+    "InfinityRerankResponse",
     "TeiRank",
     "TeiRerankRequest",
     "check_finite",
@@ -64,6 +66,7 @@ __all__ = [
     "parse_tei",
     "parse_v2",
     "render_results",
+    "render_infinity",
     "render_search",
     "render_tei",
     "render_v2",
@@ -163,17 +166,23 @@ class RerankV2Request(_Body, kw_only=True, forbid_unknown_fields=True):
 
 
 class TeiRerankRequest(_Body, kw_only=True, forbid_unknown_fields=True):
-    """text-embeddings-inference ``/rerank``. ``raw_scores`` false (TEI's default) answers
-    calibrated 0-1 scores where the index has a calibration for the mode, raw scores otherwise
-    (the response header ``X-Tilde-Score`` says which); ``truncate``: texts are always cut to the
-    service's chunking (never refused for length); only right truncation exists."""
+    """``/rerank``: text-embeddings-inference (``texts`` → a bare array of :class:`TeiRank`) or
+    Infinity (``documents`` → :class:`InfinityRerankResponse`); give exactly one. ``raw_scores``
+    false (both servers' default) answers calibrated 0-1 scores where the index has a calibration
+    for the mode, raw scores otherwise (the header ``X-Tilde-Score`` says which). ``truncate``:
+    texts are always cut to the service's chunking, never refused for length; only right
+    truncation exists."""
 
     query: Query
-    texts: list[str]
+    texts: list[str] | None = None
+    documents: list[str] | None = None
+    top_n: TopN | None = None
     raw_scores: bool = False
     return_text: bool = False
+    return_documents: bool = False
     truncate: bool | None = None
     truncation_direction: Literal["right", "Right"] = "right"
+    model: str | None = None  # Infinity's; accepted and ignored
     missing: Missing | None = None
     mode: Mode | None = None
 
@@ -265,6 +274,21 @@ class TeiRank(msgspec.Struct, omit_defaults=True):
     text: str | None = None
 
 
+class InfinityResult(msgspec.Struct):
+    index: int
+    relevance_score: float
+    document: str | None = None  # with return_documents
+
+
+class InfinityRerankResponse(msgspec.Struct, kw_only=True):
+    object: Literal["rerank"] = "rerank"
+    id: str
+    model: str
+    created: int
+    results: list[InfinityResult]
+    meta: Meta
+
+
 class SearchResult(msgspec.Struct, omit_defaults=True):
     index: Annotated[int, msgspec.Meta(description="Rank in the BM25 list (0-based)")]
     id: Annotated[DocId, msgspec.Meta(description="The index's docid type: an integer for numeric docids")]
@@ -295,7 +319,7 @@ class Status(msgspec.Struct):
 # Named in /openapi.json's components, in this order.
 SCHEMA_TYPES: tuple[Any, ...] = (
     RerankV1Request, RerankResponse, BatchRerankRequest, BatchRerankResponse, RerankV2Request, RerankV2Response,
-    TeiRerankRequest, list[TeiRank], SearchRequest, SearchResponse, ErrorResponse, Status,
+    TeiRerankRequest, list[TeiRank], InfinityRerankResponse, SearchRequest, SearchResponse, ErrorResponse, Status,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -603,9 +627,11 @@ def parse_v2(data: bytes, fmt: str, limits: Limits) -> RerankRequest:
 
 def parse_tei(data: bytes, fmt: str, limits: Limits) -> tuple[RerankRequest, TeiRerankRequest]:
     body = decode(data, fmt, TeiRerankRequest)
-    docs = _documents(body.texts, limits, "", None, fmt)
-    req = RerankRequest(query=_query(body.query, limits, ""), ids=None, documents=docs, missing=body.missing,
-                        mode=body.mode, score="raw" if body.raw_scores else "calibrated")
+    if (body.texts is None) == (body.documents is None):
+        raise _fail('give exactly one of "texts" (text-embeddings-inference) or "documents" (Infinity)')
+    docs = _documents(body.texts if body.texts is not None else body.documents or [], limits, "", None, fmt)
+    req = RerankRequest(query=_query(body.query, limits, ""), ids=None, documents=docs, top_n=body.top_n,
+                        missing=body.missing, mode=body.mode, score="raw" if body.raw_scores else "calibrated")
     return req, body
 
 
@@ -713,6 +739,15 @@ def render_tei(fmt: str, ranked: Ranked, texts: Sequence[str] | None) -> bytes:
     if texts is None:
         return encode(list(map(TeiRank, order, scores)), fmt)
     return encode(list(map(TeiRank, order, scores, _pick(texts, order))), fmt)
+
+
+def render_infinity(fmt: str, ranked: Ranked, texts: Sequence[str] | None) -> bytes:
+    """Infinity's results, best first; ``texts``: with return_documents."""
+    check_finite(ranked, [None] * (int(ranked.order.max()) + 1 if ranked.order.size else 0))
+    order, scores = ranked.order.tolist(), ranked.scores.tolist()
+    if texts is None:
+        return encode(list(map(InfinityResult, order, scores)), fmt)
+    return encode(list(map(InfinityResult, order, scores, _pick(texts, order))), fmt)
 
 
 def render_search(fmt: str, ranked: Ranked, ids: Sequence[DocId], first_stage: Sequence[float],

@@ -132,6 +132,20 @@ def test_tei_rerank_bare_array(client: FlaskClient) -> None:
     assert headers["X-Tilde-Score"] == "raw" and {r["index"]: r["score"] for r in out} == want
     status, err, _ = post(client, {"query": "a", "texts": ["b"], "truncation_direction": "left"}, "/rerank")
     assert status == 422 and "truncation_direction" in err["error"]["message"]
+    status, err, _ = post(client, {"query": "a", "texts": ["b"], "documents": ["b"]}, "/rerank")
+    assert status == 422 and "exactly one of" in err["error"]["message"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_infinity_rerank_object(client: FlaskClient, fmt: str) -> None:
+    want = v1_scores(client, "apple tree", TEXTS)
+    body = {"model": "bge-reranker", "query": "apple tree", "documents": TEXTS, "raw_scores": True}
+    status, out, headers = post(client, body, "/rerank", fmt)
+    assert status == 200 and out["object"] == "rerank" and out["model"] == "bge-reranker" and out["id"]
+    assert {r["index"]: r["relevance_score"] for r in out["results"]} == want
+    assert all(r["document"] is None for r in out["results"])
+    status, out, _ = post(client, {**body, "top_n": 2, "return_documents": True}, "/rerank", fmt)
+    assert len(out["results"]) == 2 and all(r["document"] == TEXTS[r["index"]] for r in out["results"])
 
 
 # -- Cohere v1 / Jina: objects, extra fields, rank_fields ---------------------------------------
@@ -263,7 +277,7 @@ def test_openapi_covers_every_endpoint_with_the_limits(client: FlaskClient) -> N
     assert search["k"]["maximum"] == ServiceConfig().max_documents
     for name in ("RerankV1Request", "RerankV2Request", "TeiRerankRequest", "BatchRerankRequest", "SearchRequest"):
         assert comps[name]["additionalProperties"] is False
-    assert comps["TeiRerankRequest"]["properties"]["texts"]["maxItems"] == ServiceConfig().max_documents
+    assert comps["TeiRerankRequest"]["properties"]["texts"]["anyOf"][0]["maxItems"] == ServiceConfig().max_documents
     small = openapi_spec(ServiceConfig(max_batch_queries=3, max_query_chars=50))["components"]["schemas"]
     assert small["BatchRerankRequest"]["properties"]["queries"]["maxItems"] == 3
     assert small["BatchQuery"]["properties"]["query"]["maxLength"] == 50
