@@ -154,17 +154,19 @@ def _index_ids(docids: list[str], kind: str) -> list[Any]:
     return docids
 
 
-def _passage_texts(bm25: Any, docids: list[str]) -> list[str | None]:
-    """The passage texts behind ``return_documents`` on /v1/search: from the BM25 index when it
-    stores them (a ``texts(docids)`` method); else a 422 saying so, never an invented text."""
-    texts = getattr(bm25, "texts", None)
-    if callable(texts):
-        found = texts(docids)
-        if found is not None:
-            return list(found)
-    raise ApiError(422, "return_documents: this BM25 index stores no passage texts, so /v1/search cannot return "
-                        "them; send return_documents false and look the ids up in your collection",
-                   "texts_unavailable")
+def _passage_texts(state: ServiceState, docids: list[str]) -> list[str | None]:
+    """The passage texts behind ``return_documents`` on /v1/search: from the BM25 index that
+    stores them (``state.text_store``, or the BM25 first stage itself when it ``has_texts``;
+    ``texts(docids)``, None for an id it lacks). None stores them: a 422 saying so, never an
+    invented text."""
+    store = getattr(state, "text_store", None)
+    if store is None and getattr(state.bm25, "has_texts", False):
+        store = state.bm25
+    if store is None:
+        raise ApiError(422, "return_documents: this server's BM25 index stores no passage texts, so /v1/search "
+                            "cannot return them (rebuild it with a tilde that keeps texts); send return_documents "
+                            "false and look the ids up in your collection", "texts_unavailable")
+    return list(store.texts(docids))
 
 
 def _echo(req: RerankRequest) -> list[Document] | None:
@@ -384,7 +386,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         cal = _calibration(eng.reranker, sreq.mode, sreq.score)
         clock.lap("parse")
         hits = state.bm25.search(sreq.query, sreq.k)
-        texts = _passage_texts(state.bm25, [h.docid for h in hits]) if sreq.return_documents else None
+        texts = _passage_texts(state, [h.docid for h in hits]) if sreq.return_documents else None
         clock.lap("first_stage", len(hits))
         ids = _index_ids([h.docid for h in hits], eng.reranker.index.manifest.docid_kind)
         req = RerankRequest(query=sreq.query, ids=ids, documents=None, top_n=sreq.top_n, score=sreq.score)
