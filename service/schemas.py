@@ -478,6 +478,8 @@ def decode(data: bytes, fmt: str, kind: type[T]) -> T:
         return _decoder(kind, fmt).decode(data)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise _fail(explain(str(exc))) from None
+    except RecursionError:
+        raise ApiError(400, "malformed body: nested too deeply", "malformed") from None
     except msgspec.DecodeError as exc:
         if fmt == JSON:
             # msgspec refuses "\ud800" as malformed JSON; it is valid JSON carrying invalid text
@@ -522,18 +524,27 @@ def _ids(ids: list[DocId], limits: Limits, where: str) -> bool:
     return set(map(type, ids)) == {int}  # one C-level pass: this is the hot path
 
 
-def _plain(value: Any, where: str) -> None:
-    """A document field sent in msgpack must be JSON data too (it may be echoed in JSON)."""
-    if isinstance(value, msgspec.msgpack.Ext):
-        raise _fail(f"{where} is a msgpack extension type; send plain data")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise _fail(f"{where} has a key that is not a string ({_type(k)})")
-            _plain(v, f"{where}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _plain(v, f"{where}[{i}]")
+MAX_DEPTH = 32  # nesting of a document's extra fields (they are echoed back: encoding recurses)
+
+
+def _plain(doc: Mapping[str, Any], where: str) -> None:
+    """A document's extra fields must be plain JSON data nested at most MAX_DEPTH deep: they may
+    be echoed in JSON (msgpack can carry extension types and non-string keys), and encoding
+    them recurses. Iterative, so that no depth is too deep to check."""
+    stack: list[tuple[Any, str, int]] = [(doc, where, 0)]
+    while stack:
+        value, at, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _fail(f"{at} is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, msgspec.msgpack.Ext):
+            raise _fail(f"{at} is a msgpack extension type; send plain data")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise _fail(f"{at} has a key that is not a string ({_type(k)})")
+                stack.append((v, f"{at}.{k}", depth + 1))
+        elif isinstance(value, list):
+            stack.extend((v, f"{at}[{i}]", depth + 1) for i, v in enumerate(value))
 
 
 def _ranked_text(doc: Mapping[str, Any], rank_fields: list[str] | None, where: str) -> str | None:
@@ -568,8 +579,7 @@ def _documents(docs: list[Any], limits: Limits, where: str, rank_fields: list[st
             doc_id: DocId | None = None
             echo: Mapping[str, Any] = {"text": d}
         else:
-            if fmt == MSGPACK:
-                _plain(d, at)
+            _plain(d, at)
             doc_id = _docid(d["id"], f"{at}.id") if d.get("id") is not None else None
             text = _ranked_text(d, rank_fields, at)
             if doc_id is None and text is None:

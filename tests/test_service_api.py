@@ -294,3 +294,25 @@ def test_openapi_covers_every_endpoint_with_the_limits(client: FlaskClient) -> N
     small = openapi_spec(ServiceConfig(max_batch_queries=3, max_query_chars=50))["components"]["schemas"]
     assert small["BatchRerankRequest"]["properties"]["queries"]["maxItems"] == 3
     assert small["BatchQuery"]["properties"]["query"]["maxLength"] == 50
+
+
+# -- bodies msgspec alone would not refuse cleanly -----------------------------------------------
+
+
+JSON_ONLY = "application/json"
+
+
+def test_deep_and_exotic_document_fields_are_4xx(client: FlaskClient) -> None:
+    def deep(n: int) -> bytes:
+        return b'{"query": "x", "documents": [{"text": "a", "x": ' + b"[" * n + b"]" * n + b"}]}"
+
+    for data, status, fragment in ((deep(100_000), 400, "nested too deeply"), (deep(40), 422, "documents[0].x[0]"),
+                                   (deep(20), 200, "")):
+        r = client.post("/v1/rerank", data=data, content_type="application/json")
+        assert r.status_code == status and fragment in r.get_data(as_text=True), r.data[:200]
+    packed = msgpack.packb({"query": "x", "documents": [{"text": "a", "t": msgpack.ExtType(5, b"x")}]})
+    r = client.post("/v1/rerank", data=packed, content_type="application/msgpack", headers={"Accept": JSON_ONLY})
+    assert r.status_code == 422 and "extension type" in r.get_json()["error"]["message"]
+    packed = msgpack.packb({"query": "x", "documents": [{"text": "a", "t": {1: 2}}]}, strict_types=False)
+    r = client.post("/v1/rerank", data=packed, content_type="application/msgpack", headers={"Accept": JSON_ONLY})
+    assert r.status_code == 422 and "documents[0].t" in r.get_json()["error"]["message"]
