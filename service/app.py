@@ -6,6 +6,7 @@ error, including 404/405/413 and unexpected exceptions, is ``{"error": {"code", 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -13,13 +14,15 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import msgpack
+import msgspec
 import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
+
+from tilde.rank.calibration import calibrated_scores, calibration_for
 
 from . import schemas, wire
 from .config import ServiceConfig, from_env
@@ -34,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["create_app", "get_state"]
 
-ENDPOINTS = frozenset({"/v1/rerank", "/v1/rerank/batch", "/v1/search", "/health", "/ready", "/info", "/metrics",
-                       "/openapi.json"})
+ENDPOINTS = frozenset({"/v1/rerank", "/v1/rerank/batch", "/v2/rerank", "/rerank", "/v1/search", "/health", "/ready",
+                       "/info", "/metrics", "/openapi.json"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 OPEN_ENDPOINTS = frozenset({"/health", "/ready"})  # answered without an API key (probes)
 _EXT = "tilde"
@@ -93,19 +96,12 @@ def _reply(obj: Any, fmt: str, status: int = 200, headers: dict[str, str] | None
     return Response(wire.encode(obj, fmt), status=status, headers=headers, content_type=fmt)
 
 
-def _assemble(fmt: str, rid: str, results: bytes, meta: dict[str, Any]) -> bytes:
-    """The response object around already-encoded ``results`` (no re-encoding of the big part)."""
-    if fmt == wire.JSON:
-        return b"".join((b'{"id":', wire.dumps(rid).encode(), b',"results":', results, b',"meta":',
-                         wire.dumps(meta).encode(), b"}"))
-    pack = msgpack.packb
-    return b"".join((b"\x83", pack("id"), pack(rid), pack("results"), results, pack("meta"), pack(meta)))
-
-
-def _meta(clock: StageClock, method: str, ranked: Ranked | None = None) -> dict[str, Any]:
+def _meta(clock: StageClock, method: str, ranked: Ranked | None = None,
+          calibration: Mapping[str, float] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "timing": {k: round(v, 4) for k, v in clock.timing.items()},
         "energy": {"joules": clock.joules, "method": method},
+        "score": "raw" if calibration is None else "calibrated",
     }
     if ranked is not None:
         meta["missing"] = ranked.missing
@@ -115,6 +111,62 @@ def _meta(clock: StageClock, method: str, ranked: Ranked | None = None) -> dict[
         meta["mode"] = ranked.mode
         meta["signals"] = list(ranked.signals)
     return meta
+
+
+def _rid() -> str:
+    return str(request.environ["tilde.request_id"])
+
+
+def _calibration(reranker: Any, mode: str | None, score: str, strict: bool = True) -> Mapping[str, float] | None:
+    """The index's logistic for scores made in ``mode`` when ``score`` is "calibrated" (None for
+    raw scores). The index has none for the mode: a 422 (``strict``), else None (raw scores)."""
+    if score == "raw":
+        return None
+    try:
+        used = reranker.scoring if mode is None else reranker._scoring(mode)
+    except ValueError as exc:  # a malformed mode
+        raise ApiError(422, str(exc), "invalid") from None
+    params: Mapping[str, float] | None = calibration_for(reranker.recommended, used)
+    if params is None and strict:
+        raise ApiError(422, f"calibration not available for this index and mode {used}: its manifest has no "
+                            f"scoring.calibration for it (fit one with python -m eval.calibrate), or send "
+                            f"\"score\": \"raw\"", "calibration_unavailable")
+    return params
+
+
+def _calibrated(ranked: Ranked, params: Mapping[str, float]) -> Ranked:
+    """``ranked`` with its scores mapped to 0-1 (a monotonic map: the order stands). Candidates
+    appended under the "zero" policy keep 0.0, the floor of the scale."""
+    scores = calibrated_scores(ranked.scores, params)
+    if ranked.missing:
+        scores[np.isin(ranked.order, [m["index"] for m in ranked.missing])] = 0.0
+    return dataclasses.replace(ranked, scores=scores)
+
+
+def _index_ids(docids: list[str], kind: str) -> list[Any]:
+    """First-stage docids (strings) in the index's docid type: integers for an index of numeric
+    docids ("int", "range"), as /v1/rerank answers ids sent as integers."""
+    if kind in ("int", "range"):
+        try:
+            return [int(d) for d in docids]
+        except ValueError:
+            pass
+    return docids
+
+
+def _passage_texts(state: ServiceState, docids: list[str]) -> list[str | None]:
+    """The passage texts behind ``return_documents`` on /v1/search: from the BM25 index that
+    stores them (``state.text_store``, or the BM25 first stage itself when it ``has_texts``;
+    ``texts(docids)``, None for an id it lacks). None stores them: a 422 saying so, never an
+    invented text."""
+    store = getattr(state, "text_store", None)
+    if store is None and getattr(state.bm25, "has_texts", False):
+        store = state.bm25
+    if store is None:
+        raise ApiError(422, "return_documents: this server's BM25 index stores no passage texts, so /v1/search "
+                            "cannot return them (rebuild it with a tilde that keeps texts); send return_documents "
+                            "false and look the ids up in your collection", "texts_unavailable")
+    return list(store.texts(docids))
 
 
 def _echo(req: RerankRequest) -> list[Document] | None:
@@ -199,44 +251,102 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         except ReadTimeout as exc:
             raise ApiError(408, str(exc) or "request body not received in time", "request_timeout") from None
 
-    @app.post("/v1/rerank")
-    def rerank() -> Response:
+    def work(handler: Callable[[Any, str, str, bytes, Deadline], Response]) -> Response:
+        """Every scoring endpoint: the engine, formats, body, deadline and a scoring slot."""
         eng = engine()
         fmt_in, fmt = _formats()
         data = read_body()
         deadline = Deadline(config.deadline)
         with gate.slot(deadline):
-            return _rerank(eng, fmt_in, fmt, data, deadline)
+            return handler(eng, fmt_in, fmt, data, deadline)
 
-    def _rerank(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
-        clock = StageClock(state.recorder, deadline)
-        req = schemas.parse_rerank(wire.decode(data, fmt_in), limits)
+    def rank(eng: Any, req: RerankRequest, clock: StageClock, policy: str, budget: EncodeBudget, q: np.ndarray,
+             calibration: Mapping[str, float] | None, where: str = "", mode: str | None = None,
+             first_stage: np.ndarray | None = None, max_tokens_per_doc: int | None = None,
+             max_chunks_per_doc: int | None = None) -> Ranked:
+        """Engine.rank, then calibrated scores when ``calibration`` is given."""
+        ranked = eng.rank(req, policy, clock, budget, where=where, mode=mode, first_stage=first_stage, q=q,
+                          max_tokens_per_doc=max_tokens_per_doc, max_chunks_per_doc=max_chunks_per_doc)
+        return ranked if calibration is None else _calibrated(ranked, calibration)
+
+    def reply(fmt: str, response: Any, clock: StageClock, headers: dict[str, str] | None = None) -> Response:
+        body = schemas.encode(response, fmt)
+        return Response(body, content_type=fmt, headers={"Server-Timing": clock.server_timing(), **(headers or {})})
+
+    def single(eng: Any, req: RerankRequest, clock: StageClock, calibration: Mapping[str, float] | None,
+               max_tokens: int | None = None, max_chunks: int | None = None) -> Ranked:
+        """Budget, tokenize and rank one query (/v1/rerank, /v2/rerank, /rerank)."""
         check_budget([req], None, config, eng.query_encodes(req.mode))
         clock.lap("parse")
         q = eng.query_ids(req.query)
         check_budget([req], [q], config)
         clock.lap("tokenize")
-        ranked = eng.rank(req, req.missing or config.missing, clock, EncodeBudget(config.max_encode), mode=req.mode,
-                          q=q)
-        results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
+        return rank(eng, req, clock, req.missing or config.missing, EncodeBudget(config.max_encode), q, calibration,
+                    mode=req.mode, max_tokens_per_doc=max_tokens, max_chunks_per_doc=max_chunks)
+
+    def finish(clock: StageClock, ranked: Ranked, n: int, calibration: Mapping[str, float] | None) -> dict[str, Any]:
         clock.lap("serialize", len(ranked.order))
-        clock.finish(len(req))
-        state.metrics.observe_work(1, len(req) - len(ranked.encoded), len(ranked.encoded))
-        body = _assemble(fmt, request.environ["tilde.request_id"], results, _meta(clock, method, ranked))
-        return Response(body, content_type=fmt, headers={"Server-Timing": clock.server_timing()})
+        clock.finish(n)
+        state.metrics.observe_work(1, n - len(ranked.encoded), len(ranked.encoded))
+        return _meta(clock, method, ranked, calibration)
+
+    @app.post("/v1/rerank")
+    def rerank_v1() -> Response:
+        return work(_rerank_v1)
+
+    def _rerank_v1(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
+        clock = StageClock(state.recorder, deadline)
+        req = schemas.parse_rerank(data, fmt_in, limits)
+        cal = _calibration(eng.reranker, req.mode, req.score)
+        ranked = single(eng, req, clock, cal, req.max_tokens_per_doc, req.max_chunks_per_doc)
+        results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
+        meta = finish(clock, ranked, len(req), cal)
+        return reply(fmt, schemas.RerankResponse(_rid(), msgspec.Raw(results), meta), clock)  # type: ignore[arg-type]
+
+    @app.post("/v2/rerank")
+    def rerank_v2() -> Response:
+        return work(_rerank_v2)
+
+    def _rerank_v2(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
+        clock = StageClock(state.recorder, deadline)
+        req = schemas.parse_v2(data, fmt_in, limits)
+        cal = _calibration(eng.reranker, req.mode, req.score)
+        ranked = single(eng, req, clock, cal, req.max_tokens_per_doc)
+        results = schemas.render_v2(fmt, ranked)
+        meta = finish(clock, ranked, len(req), cal)
+        return reply(fmt, schemas.RerankV2Response(_rid(), msgspec.Raw(results), meta), clock)  # type: ignore[arg-type]
+
+    @app.post("/rerank")
+    def rerank_tei() -> Response:
+        return work(_rerank_tei)
+
+    def _rerank_tei(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
+        """TEI (``texts``: a bare array) or Infinity (``documents``: an object) on one path."""
+        clock = StageClock(state.recorder, deadline)
+        req, body = schemas.parse_tei(data, fmt_in, limits)
+        # raw_scores false (both servers' default): calibrated where the index has a calibration, else raw
+        cal = None if body.raw_scores else _calibration(eng.reranker, req.mode, "calibrated", strict=False)
+        ranked = single(eng, req, clock, cal)
+        kind = {"X-Tilde-Score": "raw" if cal is None else "calibrated"}
+        texts = [d.text or "" for d in req.documents or ()]
+        if body.texts is not None:
+            results = schemas.render_tei(fmt, ranked, texts if body.return_text else None)
+            finish(clock, ranked, len(req), cal)
+            return Response(results, content_type=fmt, headers={"Server-Timing": clock.server_timing(), **kind})
+        results = schemas.render_infinity(fmt, ranked, texts if body.return_documents else None)
+        meta = finish(clock, ranked, len(req), cal)
+        response = schemas.InfinityRerankResponse(id=_rid(), model=body.model or "tilde", created=int(time.time()),
+                                                  results=msgspec.Raw(results), meta=meta)  # type: ignore[arg-type]
+        return reply(fmt, response, clock, kind)
 
     @app.post("/v1/rerank/batch")
     def rerank_batch() -> Response:
-        eng = engine()
-        fmt_in, fmt = _formats()
-        data = read_body()
-        deadline = Deadline(config.deadline)
-        with gate.slot(deadline):
-            return _rerank_batch(eng, fmt_in, fmt, data, deadline)
+        return work(_rerank_batch)
 
     def _rerank_batch(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
         clock = StageClock(state.recorder, deadline)
-        batch = schemas.parse_batch(wire.decode(data, fmt_in), limits)
+        batch = schemas.parse_batch(data, fmt_in, limits)
+        cal = _calibration(eng.reranker, batch.mode, batch.score)
         check_budget(batch.queries, None, config, eng.query_encodes(batch.mode) * len(batch.queries))
         clock.lap("parse")
         qs = [eng.query_ids(req.query, f"queries[{qi}]: ") for qi, req in enumerate(batch.queries)]
@@ -244,62 +354,54 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         clock.lap("tokenize")
         policy = batch.missing or config.missing
         budget = EncodeBudget(config.max_encode)
-        parts = []
+        items = []
         n = encoded = 0
         for qi, req in enumerate(batch.queries):
-            ranked = eng.rank(req, policy, clock, budget, where=f"queries[{qi}]: ", mode=batch.mode, q=qs[qi])
+            ranked = rank(eng, req, clock, policy, budget, qs[qi], cal, where=f"queries[{qi}]: ", mode=batch.mode,
+                          max_tokens_per_doc=batch.max_tokens_per_doc, max_chunks_per_doc=batch.max_chunks_per_doc)
             results = schemas.render_results(fmt, ranked, _candidate_ids(req), _echo(req), req.int_ids)
             clock.lap("serialize", len(ranked.order))
-            item = {"index": qi, "id": req.id, "missing": ranked.missing, "encoded": ranked.encoded,
-                    "query_tokens": ranked.query_tokens, "feedback_terms": ranked.feedback_terms}
-            parts.append((item, results))
+            items.append(schemas.BatchItem(qi, req.id, msgspec.Raw(results), ranked.missing,  # type: ignore[arg-type]
+                                           ranked.encoded, ranked.query_tokens,  # type: ignore[arg-type]
+                                           ranked.feedback_terms))
             n += len(req)
             encoded += len(ranked.encoded)
-        body = _assemble_batch(fmt, parts)
         clock.lap("serialize", 0)
         clock.finish(n)
-        state.metrics.observe_work(len(parts), n - encoded, encoded)
-        body = _assemble(fmt, request.environ["tilde.request_id"], body, _meta(clock, method))
-        return Response(body, content_type=fmt, headers={"Server-Timing": clock.server_timing()})
+        state.metrics.observe_work(len(items), n - encoded, encoded)
+        meta = _meta(clock, method, None, cal)
+        return reply(fmt, schemas.BatchRerankResponse(_rid(), items, meta), clock)  # type: ignore[arg-type]
 
     @app.post("/v1/search")
     def search() -> Response:
-        eng = engine()
         if state.bm25 is None:
+            engine()
             raise ApiError(404, "this server has no BM25 index: start it with --bm25 DIR (tilde bm25 index), "
                                 "or put one at <index>/bm25", "not_configured")
-        fmt_in, fmt = _formats()
-        data = read_body()
-        deadline = Deadline(config.deadline)
-        with gate.slot(deadline):
-            return _search(eng, fmt_in, fmt, data, deadline)
+        return work(_search)
 
     def _search(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
         clock = StageClock(state.recorder, deadline)
-        sreq = schemas.parse_search(wire.decode(data, fmt_in), limits)
+        sreq = schemas.parse_search(data, fmt_in, limits)
+        cal = _calibration(eng.reranker, sreq.mode, sreq.score)
         clock.lap("parse")
         hits = state.bm25.search(sreq.query, sreq.k)
+        texts = _passage_texts(state, [h.docid for h in hits]) if sreq.return_documents else None
         clock.lap("first_stage", len(hits))
-        req = RerankRequest(query=sreq.query, ids=[h.docid for h in hits], documents=None, top_n=sreq.top_n)
+        ids = _index_ids([h.docid for h in hits], eng.reranker.index.manifest.docid_kind)
+        req = RerankRequest(query=sreq.query, ids=ids, documents=None, top_n=sreq.top_n, score=sreq.score)
         check_budget([req], None, config, eng.query_encodes(sreq.mode))
         q = eng.query_ids(req.query)
         check_budget([req], [q], config)
         clock.lap("tokenize")
         # Candidates come from the same collection; one missing from the TILDEv2 index keeps its
         # place at the end with score 0 (reported), never silently dropped.
-        ranked = eng.rank(req, "zero", clock, EncodeBudget(0), mode=sreq.mode,
-                          first_stage=np.array([h.score for h in hits], dtype=np.float64), q=q)
-        schemas.check_finite(ranked, req.ids or [])
-        rows = [{"index": i, "id": hits[i].docid, "relevance_score": s, "first_stage_score": hits[i].score}
-                for i, s in zip(ranked.order.tolist(), ranked.scores.tolist())]
-        results = wire.encode(rows, fmt)
-        clock.lap("serialize", len(rows))
-        clock.finish(len(hits))
-        state.metrics.observe_work(1, len(hits), 0)
-        meta = _meta(clock, method, ranked)
+        ranked = rank(eng, req, clock, "zero", EncodeBudget(0), q, cal, mode=sreq.mode,
+                      first_stage=np.array([h.score for h in hits], dtype=np.float64))
+        results = schemas.render_search(fmt, ranked, ids, [h.score for h in hits], texts)
+        meta = finish(clock, ranked, len(hits), cal)
         meta["first_stage"] = {"engine": "bm25", "k": sreq.k, "hits": len(hits)}
-        body = _assemble(fmt, request.environ["tilde.request_id"], results, meta)
-        return Response(body, content_type=fmt, headers={"Server-Timing": clock.server_timing()})
+        return reply(fmt, schemas.SearchResponse(_rid(), msgspec.Raw(results), meta), clock)  # type: ignore[arg-type]
 
     @app.get("/health")
     def health() -> Response:
@@ -359,20 +461,3 @@ def _out_format() -> str:
 
 def _error(exc: ApiError, headers: dict[str, str] | None = None) -> Response:
     return _reply(exc.body(), _out_format(), exc.status, headers)
-
-
-def _assemble_batch(fmt: str, parts: list[tuple[dict[str, Any], bytes]]) -> bytes:
-    """``[{"index", "id", "results": <encoded>, "missing", ...}, ...]`` with pre-encoded results."""
-    if fmt == wire.JSON:
-        items = [b"".join((wire.dumps(item)[:-1].encode(), b',"results":', res, b"}")) for item, res in parts]
-        return b"[" + b",".join(items) + b"]"
-    pack = msgpack.packb
-    out = [schemas.msgpack_array_header(len(parts))]
-    for item, res in parts:
-        out.append(bytes([0x80 | (len(item) + 1)]))  # fixmap: the item's keys plus "results"
-        for k, v in item.items():
-            out.append(pack(k))
-            out.append(pack(v))
-        out.append(pack("results"))
-        out.append(res)
-    return b"".join(out)

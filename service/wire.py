@@ -2,7 +2,8 @@
 
 ``Content-Type: application/msgpack`` (also ``application/x-msgpack``, ``application/vnd.msgpack``)
 selects msgpack for the request body; ``Accept`` selects the response format (defaulting to the
-request's). Anything but JSON or msgpack is a 415; a body that does not decode is a 400.
+request's). Anything but JSON or msgpack is a 415. Request bodies are decoded (and validated) by
+:func:`service.schemas.decode`; this module encodes the small replies (health, info, errors).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import msgpack
 
 from .errors import ApiError
 
-__all__ = ["JSON", "MSGPACK", "MSGPACK_TYPES", "decode", "dumps", "encode", "request_format", "response_format"]
+__all__ = ["JSON", "MSGPACK", "MSGPACK_TYPES", "dumps", "encode", "request_format", "response_format"]
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -23,10 +24,6 @@ MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.ms
 _json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _ascii_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 dumps = _json_encoder.encode
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def request_format(mimetype: str) -> str:
@@ -47,23 +44,6 @@ def response_format(accept: str | None, mimetype: str) -> str:
         if "json" in accept:
             return JSON
     return MSGPACK if mimetype in MSGPACK_TYPES else JSON
-
-
-def decode(data: bytes, fmt: str) -> Any:
-    if not data:
-        raise ApiError(400, "empty request body: send a JSON or msgpack object", "malformed")
-    if fmt == MSGPACK:
-        try:
-            # strict_map_key (default): map keys must be strings; timestamps stay ext objects
-            # (rejected later by validation as wrong types).
-            return msgpack.unpackb(data, raw=False, timestamp=0)
-        except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, StackError, ...
-            raise ApiError(400, f"malformed msgpack body ({exc.__class__.__name__}: {exc})", "malformed") from None
-    try:
-        # NaN and Infinity are no JSON (RFC 8259), although Python's parser takes them
-        return json.loads(data, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ApiError(400, f"malformed JSON body ({exc.__class__.__name__}: {exc})", "malformed") from None
 
 
 def encode(obj: Any, fmt: str) -> bytes:

@@ -128,7 +128,7 @@ SURROGATE_BODIES = [
     ("/v1/rerank", f'{{"query": "plate", "documents": ["{S}"]}}', "documents[0]"),
     ("/v1/rerank", f'{{"query": "plate", "documents": [{{"id": "{S}"}}]}}', "documents[0].id"),
     ("/v1/rerank", f'{{"query": "plate", "documents": [{{"id": 10, "text": "a{S}"}}]}}', "documents[0].text"),
-    ("/v1/rerank", f'{{"query": "plate", "ids": [10], "{S}": 1}}', "unknown field"),
+    ("/v1/rerank", f'{{"query": "plate", "ids": [10], "{S}": 1}}', "field name"),
     ("/v1/rerank", f'{{"query": "plate", "ids": [10], "missing": "{S}"}}', "missing"),
     ("/v1/rerank", f'{{"query": "plate", "ids": [10], "mode": "{S}"}}', "mode"),
     ("/v1/rerank/batch", f'{{"queries": [{{"query": "{S}", "ids": [10]}}]}}', "queries[0].query"),

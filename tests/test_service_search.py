@@ -56,12 +56,13 @@ def test_search_reranks_bm25_candidates(search_app: Flask, fmt: str) -> None:
     status, out = _post(search_app, {"query": "apple fruit", "k": 5}, fmt)
     assert status == 200
     bm25 = BM25Index.load(Path(search_app.extensions["tilde"].config.index) / "bm25").search("apple fruit", 5)
-    assert sorted(r["id"] for r in out["results"]) == sorted(h.docid for h in bm25)
-    by_id = {h.docid: h.score for h in bm25}
+    # ids in the index's docid type (numeric docids: integers), as /v1/rerank answers integer ids
+    assert sorted(r["id"] for r in out["results"]) == sorted(int(h.docid) for h in bm25)
+    by_id = {int(h.docid): h.score for h in bm25}
     for r in out["results"]:
-        assert r["relevance_score"] == expected_score(["apple", "fruit"], PLAIN_DOCS[r["id"]])
+        assert r["relevance_score"] == expected_score(["apple", "fruit"], PLAIN_DOCS[str(r["id"])])
         assert r["first_stage_score"] == pytest.approx(by_id[r["id"]])
-        assert bm25[r["index"]].docid == r["id"]
+        assert int(bm25[r["index"]].docid) == r["id"]
     scores = [r["relevance_score"] for r in out["results"]]
     assert scores == sorted(scores, reverse=True)
     assert {"parse", "first_stage", "tokenize", "score", "serialize"} <= set(out["meta"]["timing"])
@@ -71,7 +72,7 @@ def test_search_reranks_bm25_candidates(search_app: Flask, fmt: str) -> None:
 
 def test_search_top_n_and_no_hits(search_app: Flask) -> None:
     status, out = _post(search_app, {"query": "apple fruit", "top_n": 1})
-    assert status == 200 and len(out["results"]) == 1 and out["results"][0]["id"] in {"10", "60"}
+    assert status == 200 and len(out["results"]) == 1 and out["results"][0]["id"] in {10, 60}
     status, out = _post(search_app, {"query": "zzz unknownword"})
     assert status == 200 and out["results"] == []
 
