@@ -376,8 +376,8 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
     def search() -> Response:
         if state.bm25 is None:
             engine()
-            raise ApiError(404, "this server has no BM25 index: start it with --bm25 DIR (tilde bm25 index), "
-                                "or put one at <index>/bm25", "not_configured")
+            raise ApiError(404, "this server has no first stage: start it with --bm25 DIR (tilde bm25 index) or "
+                                "put one at <index>/bm25, or with --first-stage impact", "not_configured")
         return work(_search)
 
     def _search(eng: Any, fmt_in: str, fmt: str, data: bytes, deadline: Deadline) -> Response:
@@ -400,7 +400,7 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
                       first_stage=np.array([h.score for h in hits], dtype=np.float64))
         results = schemas.render_search(fmt, ranked, ids, [h.score for h in hits], texts)
         meta = finish(clock, ranked, len(hits), cal)
-        meta["first_stage"] = {"engine": "bm25", "k": sreq.k, "hits": len(hits)}
+        meta["first_stage"] = {"engine": getattr(state.bm25, "engine", "bm25"), "k": sreq.k, "hits": len(hits)}
         return reply(fmt, schemas.SearchResponse(_rid(), msgspec.Raw(results), meta), clock)  # type: ignore[arg-type]
 
     @app.get("/health")

@@ -180,8 +180,10 @@ def test_search_with_the_impact_first_stage(search_app: Flask) -> None:
     assert [h.docid for h in impact][:2] == ["10", "60"]  # 1.25 each, then 40 (0.75) and 20 (0.25)
     status, out = _post(app, {"query": "apple fruit", "k": 5})
     assert status == 200
-    assert sorted(r["id"] for r in out["results"]) == sorted(h.docid for h in impact)
-    by_id = {h.docid: h.score for h in impact}
+    assert out["meta"]["first_stage"]["engine"] == "impact"
+    # ids come back in the index's docid type (integers here)
+    assert sorted(r["id"] for r in out["results"]) == sorted(int(h.docid) for h in impact)
+    by_id = {int(h.docid): h.score for h in impact}
     for r in out["results"]:
         # the first stage is the index's own weights: its score is the TILDEv2 score itself
         assert r["first_stage_score"] == by_id[r["id"]] == r["relevance_score"]
