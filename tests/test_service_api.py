@@ -202,7 +202,7 @@ def test_search_ids_have_the_index_docid_type(tmp_path: Path) -> None:
         index = build_plain_index(tmp_path / name / "index", docs)
         coll = tmp_path / name / "collection.tsv"
         coll.write_text("".join(f"{d}\tapple fruit\n" for d in docs))
-        build_bm25_index(coll, index / "bm25")
+        build_bm25_index(coll, index / "bm25", store_texts=False)  # a BM25 index without texts
         app = create_app(ServiceConfig(index=str(index), meter="cpu"))
         client = app.test_client()
         status, out, _ = post(client, {"query": "apple"}, "/v1/search")
@@ -215,7 +215,7 @@ def test_search_ids_have_the_index_docid_type(tmp_path: Path) -> None:
         assert status == 422 and err["error"]["code"] == "texts_unavailable"
         status, err, _ = post(client, {"query": "apple", "top_n": 0}, "/v1/search")
         assert status == 422 and "top_n" in err["error"]["message"]
-        # a BM25 index that keeps texts (the first-stage work of issue 13) serves them by docid
+        # a BM25 index that keeps texts (tilde build's default) serves them by docid
         get_state(app).text_store = _Texts({d: f"text of {d}" for d in docs})
         status, out, _ = post(client, {"query": "apple", "return_documents": True, "top_n": 1}, "/v1/search")
         assert status == 200 and out["results"][0]["document"] == {"text": f"text of {out['results'][0]['id']}"}

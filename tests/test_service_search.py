@@ -190,3 +190,12 @@ def test_search_with_the_impact_first_stage(search_app: Flask) -> None:
     assert app.extensions["tilde"].text_store is not None  # <index>/bm25 keeps texts for return_documents
     with pytest.raises(ConfigError, match="first_stage"):
         create_app(_ImpactConfig(index=index, meter="cpu", first_stage="splade"))
+
+
+def test_search_returns_the_stored_passage_texts(search_app: Flask) -> None:
+    coll = Path(search_app.extensions["tilde"].config.index).parent / "collection.tsv"
+    texts = dict(line.split("\t", 1) for line in coll.read_text(encoding="utf-8").splitlines())
+    status, out = _post(search_app, {"query": "apple fruit", "k": 5, "return_documents": True})
+    assert status == 200 and out["results"]
+    for r in out["results"]:
+        assert r["document"] == {"text": texts[str(r["id"])]}
