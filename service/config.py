@@ -51,7 +51,14 @@ class ServiceConfig:
     max_body_bytes: int = 16 * 1024 * 1024  # 413 beyond this
     max_documents: int = 10_000  # candidates per query
     max_batch_queries: int = 256  # queries per /v1/rerank/batch request
-    max_encode: int = 32  # documents encoded on the fly per request (needs a model)
+    # Texts encoded on the fly (needs a model) are budgeted in model input tokens, counted after
+    # chunking: the default admits 128 texts of 128 tokens (the common "re-rank my 100 retrieved
+    # chunks"), encoded in about 4.4 s on one core with the default recipe, within the deadline
+    # (benchmarks/encode_texts.py; the README has the figures).
+    max_encode: int = 1024  # documents encoded on the fly per request
+    max_encode_tokens: int = 16_384  # model input tokens ([CLS] and [SEP] included) encoded per request
+    max_chunks_per_doc: int = 10  # default passages a long text is cut into (a request's max_chunks_per_doc wins)
+    encode_cache: int = 4096  # passages kept encoded (LRU, per worker; 0: off), about 3 KB each
     max_text_chars: int = 20_000  # characters per document text
     max_query_chars: int = MAX_QUERY_CHARS
     # Cost budget per request (a batch counts all its queries), checked before any scoring; each
@@ -96,11 +103,11 @@ class ServiceConfig:
             raise ConfigError(f"meter must be one of {', '.join(METERS)}, not {self.meter!r}")
         for name in ("max_body_bytes", "max_documents", "max_batch_queries", "max_text_chars", "max_query_chars",
                      "torch_threads", "max_candidates", "max_query_chars_total", "max_work", "max_response_bytes",
-                     "concurrency", "max_query_encodes"):
+                     "concurrency", "max_query_encodes", "max_chunks_per_doc"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, not {getattr(self, name)}")
-        if self.max_encode < 0 or self.watts_per_core < 0 or self.max_queue < 0:
-            raise ConfigError("max_encode, max_queue and watts_per_core must be >= 0")
+        if min(self.max_encode, self.max_encode_tokens, self.encode_cache, self.max_queue, self.watts_per_core) < 0:
+            raise ConfigError("max_encode, max_encode_tokens, encode_cache, max_queue and watts_per_core must be >= 0")
         if not self.deadline > 0:
             raise ConfigError(f"deadline must be > 0 seconds, not {self.deadline}")
         self.keys()  # a malformed key or an unreadable key file stops the start, not the first request
@@ -130,6 +137,8 @@ class ServiceConfig:
             "max_documents": self.max_documents,
             "max_batch_queries": self.max_batch_queries,
             "max_encode": self.max_encode if self.model else 0,
+            "max_encode_tokens": self.max_encode_tokens if self.model else 0,
+            "max_chunks_per_doc": self.max_chunks_per_doc,
             "max_text_chars": self.max_text_chars,
             "max_query_chars": self.max_query_chars,
             "max_candidates": self.max_candidates,

@@ -12,6 +12,15 @@ A text is encoded exactly as the offline build encodes a passage, by the same co
 then :meth:`tilde.rank.Reranker.score` scores them with the same kernels as indexed passages, so
 an on-the-fly score equals the score the passage would get from an index built from the same
 text. torch is imported only here, and only when a model is configured.
+
+Speed (``benchmarks/encode_texts.py``; the README states the figures): the bi-encoder is the
+larger model and runs on ONNX Runtime in float32 (exported from the same weights when the encoder
+is loaded; vectors within 1e-6 of torch's, far inside the index's float16 codec), in batches of
+``DENSE_BATCH`` texts sorted by length (large batches are slower on a CPU: their activations leave
+the cache). The MLM stays on torch, float32, through the build's own function, so its float16
+weights are the index's bit for bit; bfloat16 was measured faster but moves dense scores by
+~2e-3 and would move the MLM's stored weights, so neither model uses it. Passages already encoded
+are served from a bounded LRU cache (:class:`service.textcache.TextCache`).
 """
 
 from __future__ import annotations
@@ -29,9 +38,19 @@ from tilde.index.writer import pool_postings
 from tilde.rank.texts import EncodedTexts
 from tilde.text import TextProcessor
 
+from .chunking import Chunked, chunk_text
+from .textcache import Encoded, TextCache
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelMismatchError", "TextEncoder", "index_models"]
+__all__ = ["DENSE_BATCH", "MLM_BATCH", "ModelMismatchError", "TextEncoder", "index_models"]
+
+# Texts per bi-encoder forward pass: measured fastest on 1 core for 128-token passages (8: 23
+# texts/s on ONNX Runtime, 16: 15, 100: 17; benchmarks/encode_texts.py).
+DENSE_BATCH = 8
+# Passages per MLM forward pass: its input is padded to the index's max_length, so this only
+# bounds the memory of one pass (results do not depend on it).
+MLM_BATCH = 64
 
 
 class ModelMismatchError(ValueError):
@@ -97,11 +116,12 @@ class TextEncoder:
 
     def __init__(
         self, model: str, text: TextProcessor, index: TildeIndex, threads: int = 1, check: bool = True,
-        dense_model: str | None = None,
+        dense_model: str | None = None, cache_size: int = 0, dense_onnx: bool = True,
     ) -> None:
         import torch
 
         torch.set_num_threads(threads)
+        self.threads = threads
         self.name = model
         self.text = text
         self.index = index
@@ -141,6 +161,21 @@ class TextEncoder:
             if check and self.sha256 != index.manifest.model_sha256:
                 raise _mismatch(model, self.sha256, index, index.manifest.model_sha256, "model")
         self._cls, self._sep, self._pad = text.special_id("[CLS]"), text.special_id("[SEP]"), text.special_id("[PAD]")
+        m = index.manifest
+        length = int((m.impact or {}).get("max_length", 128)) if self.impact else int(m.max_passage_tokens)
+        self.window = length - 2  # word pieces of one passage: what a chunk holds
+        dense_sha = "" if self.dense is None else str((m.dense or {}).get("model_sha256"))
+        identity = "|".join(str(x) for x in (self.sha256, dense_sha, m.vocab_sha256, m.weighting, length,
+                                             (m.impact or {}).get("top_k"), (m.dense or {}).get("max_length")))
+        self.cache = TextCache(cache_size, identity)
+        self._dense_session: Any = None
+        if self.dense is not None and dense_onnx:
+            self._dense_session = _dense_session(self.dense.module, threads)
+
+    def chunk(self, text: str, max_tokens: int | None, max_chunks: int) -> Chunked:
+        """``text`` cut into passages of at most :attr:`window` word pieces (:mod:`service.chunking`)."""
+        encoding = self.text.tokenizer.encode(text, add_special_tokens=False)
+        return chunk_text(text, encoding, self.window, max_chunks, max_tokens)
 
     def postings(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(sorted token ids, float16 weights) per text, as the index stores a passage."""
@@ -148,8 +183,11 @@ class TextEncoder:
         if self.impact:
             from tilde.index.impact import impact_postings
 
+            out: list[tuple[np.ndarray, np.ndarray]] = []
             with self._lock:
-                return impact_postings(self.expander, ids, self._stop)
+                for i in range(0, len(ids), MLM_BATCH):
+                    out += impact_postings(self.expander, ids[i : i + MLM_BATCH], self._stop)
+            return out
         from tilde.model import encode, passage_input_ids
 
         inputs = [passage_input_ids(i, self._cls, self._sep) for i in ids]
@@ -157,14 +195,80 @@ class TextEncoder:
             weights = encode(self.net, inputs, pad_id=self._pad)
         return [pool_postings(np.asarray(i), w, self._stop) for i, w in zip(inputs, weights)]
 
+    def vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """The bi-encoder's float32 passage vectors, rows in input order."""
+        assert self.dense is not None
+        with self._lock:
+            if self._dense_session is None:
+                return np.asarray(self.dense.encode(list(texts), batch_size=DENSE_BATCH))
+            rows = self.dense.input_ids(texts)
+            out = np.zeros((len(rows), self.dense.dim), dtype=np.float32)
+            order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+            for start in range(0, len(order), DENSE_BATCH):
+                idx = order[start : start + DENSE_BATCH]
+                width = max(len(rows[i]) for i in idx)
+                ids = np.full((len(idx), width), self.dense._pad, dtype=np.int64)
+                mask = np.zeros((len(idx), width), dtype=np.int64)
+                for j, i in enumerate(idx):
+                    ids[j, : len(rows[i])] = rows[i]
+                    mask[j, : len(rows[i])] = 1
+                out[idx] = self._dense_session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            return out
+
     def encode(self, texts: Sequence[str]) -> EncodedTexts:
         """The texts as the index would hold them (postings, and vectors when it has a dense part)."""
-        posts = self.postings(texts)
+        return self.encode_cached(texts)[0]
+
+    def encode_cached(self, texts: Sequence[str]) -> tuple[EncodedTexts, list[bool]]:
+        """:meth:`encode`, through the cache; also says which texts were served from it."""
+        keys = [self.cache.key(t) for t in texts] if self.cache.capacity else []
+        found: list[Encoded | None] = [self.cache.get(k) for k in keys] if keys else [None] * len(texts)
+        todo = [i for i, f in enumerate(found) if f is None]
+        if todo:
+            fresh = [texts[i] for i in todo]
+            posts = self.postings(fresh)
+            vecs = self.vectors(fresh) if self.dense is not None else None
+            for j, i in enumerate(todo):
+                item = Encoded(posts[j][0], posts[j][1], None if vecs is None else vecs[j])
+                found[i] = item
+                if keys:
+                    self.cache.put(keys[i], item)
+        items = [f for f in found if f is not None]
         vectors = None
         if self.dense is not None:
-            with self._lock:
-                vectors = self.dense.encode(list(texts), batch_size=max(1, len(texts)))
-        return EncodedTexts.from_postings(posts, vectors, token_dtype=self._token_dtype)
+            vectors = np.zeros((len(items), self.dense.dim), dtype=np.float32)
+            for r, f in enumerate(items):
+                vectors[r] = f.vector
+        texts_out = EncodedTexts.from_postings([(f.tokens, f.weights) for f in items], vectors,
+                                               token_dtype=self._token_dtype)
+        todo_set = set(todo)
+        return texts_out, [i not in todo_set for i in range(len(texts))]
 
     def warmup(self) -> None:
         self.encode(["warmup"])
+
+
+def _dense_session(module: Any, threads: int) -> Any:
+    """An ONNX Runtime session of the bi-encoder ``module`` (float32, exported in memory), or
+    None (torch is used) when the export or ONNX Runtime is not available."""
+    import tempfile
+
+    try:
+        import onnxruntime as ort
+
+        from tilde.encoders.export import DEFAULT_OPSET, _export
+
+        with tempfile.TemporaryDirectory(prefix="tilde-dense-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            _export(module, path, DEFAULT_OPSET, "sentence_embedding")
+            graph = path.read_bytes()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # an export or runtime problem costs speed, never the service
+        logger.warning("bi-encoder on torch (ONNX export unavailable: %s: %s)", type(exc).__name__, exc)
+        return None

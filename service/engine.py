@@ -4,6 +4,13 @@ The fast path (``ids``) is the ``Reranker``'s own sequence (tokenize, lookup, sc
 metered lap per stage; documents add on-the-fly encoding for texts that are not in the index.
 Semantics are the Reranker's: ties keep input order, unknown ids follow the missing policy
 ("error" → 422, "skip" → left out, "zero" → appended with score 0) and are always reported.
+
+A text longer than one passage is cut into chunks (:mod:`service.chunking`); every chunk is
+scored as a passage beside the other candidates, and the document gets its best chunk's score
+(Cohere's rerank does the same). In a fused mode the normalisation spans every passage scored,
+chunks included, so a chunked document's score is its best chunk's score among them. Texts are
+budgeted in model input tokens (``max_encode_tokens``, shared by a batch's queries), counted
+after chunking and truncation, before anything is encoded.
 """
 
 from __future__ import annotations
@@ -19,12 +26,17 @@ from tilde.metering import Recorder
 from tilde.rank import Reranker, UnknownDocidError
 from tilde.rank.texts import EncodedTexts
 
+from .chunking import Chunked
 from .encoder import TextEncoder
 from .errors import ApiError
 from .limits import Deadline
 from .schemas import DocId, Ranked, RerankRequest
 
-__all__ = ["EncodeBudget", "Engine", "StageClock"]
+__all__ = ["DEFAULT_MAX_CHUNKS_PER_DOC", "DEFAULT_MAX_ENCODE_TOKENS", "EncodeBudget", "Engine", "StageClock"]
+
+# Defaults of ServiceConfig.max_encode_tokens / max_chunks_per_doc (see there for the measurement).
+DEFAULT_MAX_ENCODE_TOKENS = 16_384
+DEFAULT_MAX_CHUNKS_PER_DOC = 10
 
 
 class StageClock:
@@ -70,14 +82,49 @@ class StageClock:
 
 @dataclass
 class EncodeBudget:
-    """Texts a request may still have encoded on the fly (shared by a batch's queries)."""
+    """Texts, and model input tokens, a request may still have encoded on the fly (shared by a
+    batch's queries). ``tokens`` < 0: the engine's ``max_encode_tokens``, set at first use."""
 
     limit: int
     left: int = -1
+    tokens: int = -1
+    tokens_left: int = -1
 
     def __post_init__(self) -> None:
         if self.left < 0:
             self.left = self.limit
+        if self.tokens >= 0 and self.tokens_left < 0:
+            self.tokens_left = self.tokens
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """A query's texts encoded on the fly: one passage per chunk, chunks doc by doc."""
+
+    texts: EncodedTexts
+    docs: list[int]  # candidate positions of the encoded documents
+    chunks: list[Chunked]  # per document
+    cached: list[bool]  # per chunk
+    report: list[dict[str, Any]]  # the "encoded" entries, per document
+
+    def positions(self, n: int) -> np.ndarray:
+        """Where each chunk is scored: a document's first chunk at its own position, its other
+        chunks after the ``n`` candidates."""
+        out: list[int] = []
+        extra = n
+        for pos, c in zip(self.docs, self.chunks):
+            out.append(pos)
+            out.extend(range(extra, extra + len(c.texts) - 1))
+            extra += len(c.texts) - 1
+        return np.asarray(out, dtype=np.int64)
+
+
+def _per_doc(value: int | None, name: str, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ApiError(422, f"{where}{name} must be an integer >= 1, not {value!r}", "invalid")
+    return value
 
 
 def _unknown_message(ids: list[str], hint: str) -> str:
@@ -85,9 +132,14 @@ def _unknown_message(ids: list[str], hint: str) -> str:
 
 
 class Engine:
-    def __init__(self, reranker: Reranker, encoder: TextEncoder | None) -> None:
+    def __init__(
+        self, reranker: Reranker, encoder: TextEncoder | None, max_encode_tokens: int = DEFAULT_MAX_ENCODE_TOKENS,
+        max_chunks_per_doc: int = DEFAULT_MAX_CHUNKS_PER_DOC,
+    ) -> None:
         self.reranker = reranker
         self.encoder = encoder
+        self.max_encode_tokens = max_encode_tokens
+        self.max_chunks_per_doc = max_chunks_per_doc
 
     def query_ids(self, query: str, where: str = "") -> np.ndarray:
         """The query's token ids; a query the tokenizer refuses is the client's error (422)."""
@@ -133,20 +185,34 @@ class Engine:
                 rows[keyed] = index.lookup([ids[i] for i in keyed])  # type: ignore[misc]
         clock.lap("lookup", n)
         unknown = rows < 0
-        texts, text_pos, encoded = self._encode(req, ids, unknown, clock, budget, where)
-        if text_pos.size:
-            unknown[text_pos] = False
+        max_tokens = _per_doc(max_tokens_per_doc, "max_tokens_per_doc", where)
+        max_chunks = _per_doc(max_chunks_per_doc, "max_chunks_per_doc", where) or self.max_chunks_per_doc
+        enc = self._encode(req, ids, unknown, clock, budget, where, max_tokens, max_chunks)
+        texts, text_pos, encoded = None, np.zeros(0, np.int64), []
+        score_rows, fs = rows, first_stage
+        if enc is not None:
+            unknown[enc.docs] = False
+            texts, text_pos, encoded = enc.texts, enc.positions(n), enc.report
+            extra = len(text_pos) - len(enc.docs)
+            if extra:  # chunks beyond each document's first: scored as extra candidates, not in the index
+                owner = np.repeat(np.asarray(enc.docs, dtype=np.int64), [len(c.texts) for c in enc.chunks])
+                owner = owner[text_pos >= n]
+                score_rows = np.concatenate([rows, np.full(extra, -1, dtype=np.int64)])
+                if first_stage is not None:
+                    fs = np.concatenate([np.asarray(first_stage, dtype=np.float64), np.asarray(first_stage)[owner]])
         try:
-            scored = self.reranker.score(req.query, rows, mode=mode, first_stage=first_stage, texts=texts,
+            scored = self.reranker.score(req.query, score_rows, mode=mode, first_stage=fs, texts=texts,
                                          text_positions=text_pos, query_ids=q)
         except IndexFormatError as exc:  # a mode this index cannot serve (no dense part, no query encoder)
             raise ApiError(422, f"{where}{exc}", "unsupported_mode") from None
         except ValueError as exc:  # a malformed mode
             raise ApiError(422, f"{where}{exc}", "invalid") from None
+        scores = scored.scores
+        if enc is not None and len(text_pos) > len(enc.docs):
+            scores = _best_chunks(scores, n, enc, text_pos)
         clock.lap("score", n)
         if "encode" in scored.timing_ms:  # the query encoders' share of "score"
             clock.timing["query_encode"] = scored.timing_ms["encode"]
-        scores = scored.scores
         missing: list[dict[str, Any]] = []
         if unknown.any():
             missing = self._missing(req, ids, unknown, policy, where)
@@ -167,16 +233,16 @@ class Engine:
 
     def _encode(
         self, req: RerankRequest, ids: list[DocId | None], unknown: np.ndarray, clock: StageClock,
-        budget: EncodeBudget, where: str,
-    ) -> tuple[EncodedTexts | None, np.ndarray, list[dict[str, Any]]]:
-        """Encode the documents that carry text and are not in the index (within the budget)."""
+        budget: EncodeBudget, where: str, max_tokens: int | None, max_chunks: int,
+    ) -> _Encoded | None:
+        """Chunk and encode the documents that carry text and are not in the index (within the
+        budget, checked on the chunks' tokens before any model runs)."""
         docs = req.documents
-        none = np.zeros(0, dtype=np.int64)
         if docs is None or self.encoder is None or not unknown.any():
-            return None, none, []
+            return None
         with_text = [i for i in np.flatnonzero(unknown).tolist() if docs[i].text is not None]
         if not with_text:
-            return None, none, []
+            return None
         if len(with_text) > budget.left:
             raise ApiError(
                 422,
@@ -185,10 +251,35 @@ class Engine:
                 f"Send index ids, or fewer texts.",
                 "too_many_texts",
             )
+        if budget.tokens < 0:
+            budget.tokens = budget.tokens_left = self.max_encode_tokens
+        encoder = self.encoder
+        chunks = [encoder.chunk(docs[i].text or "", max_tokens, max_chunks) for i in with_text]
+        tokens = sum(c.tokens for c in chunks)
+        clock.lap("chunk", len(with_text))
+        if tokens > budget.tokens_left:
+            raise ApiError(
+                422,
+                f"{where}{len(with_text)} texts not in the index would need {tokens} tokens encoded (after cutting "
+                f"them into passages of at most {encoder.window} word pieces, at most {max_chunks} per text); a "
+                f"request may have at most {budget.tokens} tokens encoded ({budget.tokens_left} left; "
+                f"max_encode_tokens in /info). Send index ids, fewer or shorter texts, or a lower "
+                f"max_tokens_per_doc or max_chunks_per_doc.",
+                "too_many_texts",
+            )
         budget.left -= len(with_text)
-        texts = self.encoder.encode([docs[i].text or "" for i in with_text])
-        clock.lap("encode", len(with_text))
-        return texts, np.asarray(with_text, dtype=np.int64), [{"index": i, "id": ids[i]} for i in with_text]
+        budget.tokens_left -= tokens
+        flat = [t for c in chunks for t in c.texts]
+        texts, cached = encoder.encode_cached(flat)
+        clock.lap("encode", len(flat))
+        report: list[dict[str, Any]] = []
+        at = 0
+        for i, c in zip(with_text, chunks):
+            k = len(c.texts)
+            report.append({"index": i, "id": ids[i], "chunks": k, "truncated": c.truncated, "best_chunk": 0,
+                           "tokens": c.tokens, "cached": all(cached[at : at + k])})
+            at += k
+        return _Encoded(texts, with_text, chunks, cached, report)
 
     def _missing(
         self, req: RerankRequest, ids: list[DocId | None], unknown: np.ndarray, policy: str, where: str
@@ -214,3 +305,19 @@ class Engine:
                 "unknown_ids",
             )
         return missing
+
+
+def _best_chunks(scores: np.ndarray, n: int, enc: _Encoded, positions: np.ndarray) -> np.ndarray:
+    """The ``n`` candidates' scores, a chunked document's being its best chunk's (the first
+    best on a tie); records ``best_chunk`` in its report entry."""
+    out = np.array(scores[:n], dtype=np.float64)
+    at = 0
+    for pos, c, entry in zip(enc.docs, enc.chunks, enc.report):
+        k = len(c.texts)
+        if k > 1:
+            mine = scores[positions[at : at + k]]
+            best = int(np.argmax(mine))
+            out[pos] = mine[best]
+            entry["best_chunk"] = best
+        at += k
+    return out

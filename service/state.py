@@ -75,7 +75,7 @@ class ServiceState:
                     scoring=c.mode,
                 )
                 reranker.warmup()
-                self.engine = Engine(reranker, None)
+                self.engine = Engine(reranker, None, self.config.max_encode_tokens, self.config.max_chunks_per_doc)
                 self._load_first_stage(reranker)
                 self.load_seconds = time.perf_counter() - t0
                 logger.info("pid %d: index %s open (%d passages) in %.3f s", os.getpid(), self.config.index,
@@ -114,10 +114,11 @@ class ServiceState:
         assert self.engine is not None
         rr = self.engine.reranker
         enc = TextEncoder(self.config.model, rr.text, rr.index, threads=self.config.torch_threads,
-                          check=self.config.check_model, dense_model=self.config.dense_model)
+                          check=self.config.check_model, dense_model=self.config.dense_model,
+                          cache_size=self.config.encode_cache)
         enc.warmup()
         self.encoder = enc
-        self.engine = Engine(rr, enc)
+        self.engine = Engine(rr, enc, self.config.max_encode_tokens, self.config.max_chunks_per_doc)
         logger.info("pid %d: model %s loaded for on-the-fly encoding", os.getpid(), self.config.model)
 
     def info(self, expose_paths: bool = False) -> dict[str, Any]:
@@ -141,7 +142,10 @@ class ServiceState:
             "meter": {"method": self.recorder.method},
             "auth": "api-key" if c.keys() else "none",
             "model": {"encoder": where(c.model), "encoder_loaded": self.encoder is not None,
-                      "encoder_sha256": self.encoder.sha256 if self.encoder else None},
+                      "encoder_sha256": self.encoder.sha256 if self.encoder else None,
+                      # word pieces of one passage (a longer text is cut into chunks of this size)
+                      "chunk_pieces": self.encoder.window if self.encoder else None,
+                      "encode_cache": self.encoder.cache.stats() if self.encoder else None},
             "index": None,
             "first_stage": None,
         }

@@ -55,7 +55,10 @@ def post(client: FlaskClient, body: Any, path: str = "/v1/rerank") -> Any:
     return client.post(path, data=json.dumps(body), content_type="application/json")
 
 
-def test_encoded_text_scores_like_the_indexed_passage(client: FlaskClient) -> None:
+def test_encoded_text_scores_like_the_indexed_passage(client: FlaskClient, built: tuple[Path, Path]) -> None:
+    from tilde.index import TildeIndex
+    from tilde.text import TextProcessor
+
     query = "apple cherry rank cpu green"
     indexed = json.loads(post(client, {"query": query, "ids": list(PASSAGES)}).data)
     by_id = {r["id"]: r["relevance_score"] for r in indexed["results"]}
@@ -65,8 +68,15 @@ def test_encoded_text_scores_like_the_indexed_passage(client: FlaskClient) -> No
     got = {r["index"]: r["relevance_score"] for r in out["results"]}
     assert (got[0], got[1]) == (by_id["1"], by_id["3"])
     assert got[2] >= 0.0  # "2" is a text here, not an id
-    assert out["meta"]["encoded"] == [{"index": 0, "id": "new-1"}, {"index": 1, "id": "new-3"},
-                                      {"index": 2, "id": None}]
+    assert [(e["index"], e["id"]) for e in out["meta"]["encoded"]] == [(0, "new-1"), (1, "new-3"), (2, None)]
+    # short texts: one passage each, nothing cut; the second request finds them in the cache
+    assert all((e["chunks"], e["truncated"], e["best_chunk"]) == (1, False, 0) for e in out["meta"]["encoded"])
+    pieces = TextProcessor.load(TildeIndex.open(built[1]).tokenizer_path).token_ids
+    sent = (PASSAGES["1"], PASSAGES["3"], "2")
+    assert [e["tokens"] for e in out["meta"]["encoded"]] == [pieces(t).size + 2 for t in sent]
+    again = json.loads(post(client, {"query": query, "documents": [docs[0], docs[2], "2"]}).data)
+    assert [e["cached"] for e in again["meta"]["encoded"]] == [True, True, True]
+    assert again["results"] == out["results"]
     assert out["meta"]["missing"] == [] and out["meta"]["timing"]["encode"] > 0
     # an id that is in the index wins over its text (no encoding)
     out = json.loads(post(client, {"query": query, "documents": [{"id": "1", "text": "zzz"}]}).data)
@@ -143,7 +153,7 @@ def test_feedback_recommended_by_the_model(built_feedback: tuple[Path, Path]) ->
     docs = [{"id": pid} for pid in ids] + [{"id": "copy-of-1", "text": PASSAGES["1"]}]
     out = json.loads(post(client, {"query": query, "documents": docs}).data)
     got = {r["index"]: r["relevance_score"] for r in out["results"]}
-    assert got[4] == got[0] and out["meta"]["encoded"] == [{"index": 4, "id": "copy-of-1"}]
+    assert got[4] == got[0] and [(e["index"], e["id"]) for e in out["meta"]["encoded"]] == [(4, "copy-of-1")]
     # the service can turn it off, or set its own
     off = create_app(ServiceConfig(index=str(index), model=str(model), feedback="off")).test_client()
     assert json.loads(off.get("/info").data)["feedback"] is None
