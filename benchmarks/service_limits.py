@@ -4,15 +4,16 @@ synthetic 1M-passage index (the same as benchmarks/service_load.py), with the de
     python benchmarks/service_limits.py [--passages 1000000] [--repeat 3] [--feedback 5,30,0.5]
 
 Each row is one request shape at the edge of the budget (max_candidates, max_work,
-max_query_chars_total, max_batch_queries, max_encode x max_text_chars), answered by one worker
+max_query_chars_total, max_batch_queries, max_encode_tokens of full passages), answered by one worker
 while the other is idle; it prints the status and the client-side wall time (median and max of
 ``--repeat`` runs). Shapes over the budget must be refused fast (422/413). The last lines are
 
     worst_id_only_ms=<x> status=200 limit_ms=2000
-    encode_32_texts_ms=<y> deadline_ms=<z>
+    encode_<n>_texts_ms=<y> deadline_ms=<z>
 
-The encode row uses the embedded default model (texts of max_text_chars characters, not in the
-index; TILDE_CHECK_MODEL=0 since the synthetic index was not built with it).
+The encode row uses the embedded default model (as many full 192-token passages, not in the
+index, as max_encode_tokens admits; TILDE_CHECK_MODEL=0 since the synthetic index was not built
+with it).
 """
 
 from __future__ import annotations
@@ -179,9 +180,12 @@ def main() -> None:
     proc = start(index, port, log, ["--model", str(default_model_path()), "--feedback", "off"],
                  {**env, "TILDE_CHECK_MODEL": "0"})
     try:
+        # The budget is in model input tokens: the most full passages it admits (190 one-piece
+        # words + [CLS] + [SEP] fill a TILDEv2 passage; a longer text would only be cut into more).
         rng = np.random.default_rng(5)
-        words = [WORDS[i] for i in rng.integers(0, 5000, size=cfg.max_text_chars)]
-        texts = [" ".join(words[i:])[: cfg.max_text_chars] for i in range(cfg.max_encode)]
+        per_text = 192
+        n_texts = min(cfg.max_encode, cfg.max_encode_tokens // per_text)
+        texts = [" ".join(WORDS[i] for i in rng.integers(0, 5000, size=per_text - 2)) for _ in range(n_texts)]
         body = {"query": query(5), "documents": [{"id": f"new-{i}", "text": t} for i, t in enumerate(texts)]}
         times = []
         for _ in range(args.repeat):
@@ -190,12 +194,12 @@ def main() -> None:
             times.append(seconds * 1e3)
         over = dict(body, documents=body["documents"] + [{"id": "one-more", "text": texts[0]}])
         status, seconds, out = post(port, "/v1/rerank", over)
-        print(f"max_encode ({cfg.max_encode}) texts of max_text_chars ({cfg.max_text_chars}) encoded: median "
+        print(f"{n_texts} texts of {per_text} tokens (max_encode_tokens {cfg.max_encode_tokens}) encoded: median "
               f"{np.median(times):.0f} ms, max {max(times):.0f} ms; one more text: status {status} "
               f"{json.loads(out).get('error', {}).get('code', '')} in {seconds * 1e3:.0f} ms", flush=True)
     finally:
         stop(proc)
-    print(f"encode_{cfg.max_encode}_texts_ms={max(times):.0f} deadline_ms={cfg.deadline * 1e3:.0f}")
+    print(f"encode_{n_texts}_texts_ms={max(times):.0f} deadline_ms={cfg.deadline * 1e3:.0f}")
 
 
 if __name__ == "__main__":
