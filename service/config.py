@@ -53,8 +53,8 @@ class ServiceConfig:
     max_batch_queries: int = 256  # queries per /v1/rerank/batch request
     # Texts encoded on the fly (needs a model) are budgeted in model input tokens, counted after
     # chunking: the default admits 128 texts of 128 tokens (the common "re-rank my 100 retrieved
-    # chunks"), encoded in about 4.4 s on one core with the default recipe, within the deadline
-    # (benchmarks/encode_texts.py; the README has the figures).
+    # chunks"), encoded in about 4.7 s on one core with the default recipe (27 texts/s), within the
+    # deadline (benchmarks/encode_texts.py; the README has the figures).
     max_encode: int = 1024  # documents encoded on the fly per request
     max_encode_tokens: int = 16_384  # model input tokens ([CLS] and [SEP] included) encoded per request
     max_chunks_per_doc: int = 10  # default passages a long text is cut into (a request's max_chunks_per_doc wins)
