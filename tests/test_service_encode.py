@@ -72,6 +72,15 @@ def engine(impact_index: Path, tiny_mlm: Path, tiny_bi_encoder: Path) -> Any:
     return Engine(rr, enc, max_encode_tokens=10_000, max_chunks_per_doc=10)
 
 
+@pytest.fixture(scope="module")
+def fresh(engine: Any, tiny_mlm: Path, tiny_bi_encoder: Path) -> Any:
+    """The same models without a cache: the naive reference encodes every chunk anew."""
+    from service.encoder import TextEncoder
+
+    rr = engine.reranker
+    return TextEncoder(str(tiny_mlm), rr.text, rr.index, dense_model=str(tiny_bi_encoder), dense_onnx=False)
+
+
 def _rank(engine: Any, query: str, docs: list[Any], mode: str | None = None, budget: Any = None, **kw: Any) -> Any:
     from service.engine import EncodeBudget, StageClock
     from service.schemas import Document, RerankRequest
@@ -89,7 +98,7 @@ def _long_text(seed: int, words: int = 60) -> str:
 
 
 @pytest.mark.parametrize("mode", ["tokens", "mlm", "dense"])
-def test_best_chunk_wins_against_scoring_each_chunk_alone(engine: Any, mode: str) -> None:
+def test_best_chunk_wins_against_scoring_each_chunk_alone(engine: Any, fresh: Any, mode: str) -> None:
     rr, enc = engine.reranker, engine.encoder
     query = "fish in the river bank"
     texts = [_long_text(1), "money in the bank", _long_text(2, 140)]
@@ -101,7 +110,7 @@ def test_best_chunk_wins_against_scoring_each_chunk_alone(engine: Any, mode: str
     assert (score[0], score[4]) == pytest.approx((plain[0], plain[1]), abs=0 if mode != "dense" else 1e-9)
     for pos, text in zip((1, 2, 3), texts):
         chunks = enc.chunk(text, None, 10).texts
-        naive = [rr.score(query, np.array([-1]), mode=mode, texts=enc.encode([c]), text_positions=np.array([0]))
+        naive = [rr.score(query, np.array([-1]), mode=mode, texts=fresh.encode([c]), text_positions=np.array([0]))
                  .scores[0] for c in chunks]
         e = report[pos]
         assert e["chunks"] == len(chunks) and e["truncated"] is False
@@ -199,3 +208,10 @@ def test_service_chunks_long_texts_by_default(impact_index: Path, tiny_mlm: Path
     assert info["model"]["encode_cache"]["capacity"] == 4096
     over = client.post("/v1/rerank", json={"query": "fish", "documents": [_long_text(9, 200)] * 5})
     assert over.status_code == 422 and "max_encode_tokens" in over.get_json()["error"]["message"]
+
+
+def test_bi_encoder_on_onnx_matches_torch(engine: Any, fresh: Any) -> None:
+    torch_enc = fresh
+    assert engine.encoder._dense_session is not None and torch_enc._dense_session is None
+    texts = [_long_text(s, int(n)) for s, n in enumerate(np.random.default_rng(0).integers(1, 30, size=11))]
+    np.testing.assert_allclose(engine.encoder.vectors(texts), torch_enc.vectors(texts), atol=1e-5)

@@ -169,3 +169,25 @@ def test_bad_feedback_setting_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="feedback"):
         ServiceConfig(index="x", feedback="5,30")
+
+
+def test_long_text_scores_as_its_best_passage(client: FlaskClient, built: tuple[Path, Path]) -> None:
+    """A TILDEv2 index's passages are 190 word pieces: a longer text is cut, and gets the score
+    of its best chunk, each chunk scored alone as a text."""
+    from tilde.index import TildeIndex
+    from tilde.text import TextProcessor
+
+    words = " ".join(PASSAGES.values()).split()
+    text = " ".join(words[i % len(words)] for i in range(450))
+    query = "apple cherry rank cpu green"
+    out = json.loads(post(client, {"query": query, "documents": [text]}).data)
+    entry = out["meta"]["encoded"][0]
+    tok = TextProcessor.load(TildeIndex.open(built[1]).tokenizer_path).tokenizer
+    assert entry["chunks"] == -(-len(tok.encode(text, add_special_tokens=False).ids) // 190) > 1
+    from service.chunking import chunk_text
+
+    chunks = chunk_text(text, tok.encode(text, add_special_tokens=False), 190, 10).texts
+    alone = [json.loads(post(client, {"query": query, "documents": [c]}).data)["results"][0]["relevance_score"]
+             for c in chunks]
+    assert out["results"][0]["relevance_score"] == max(alone)
+    assert entry["best_chunk"] == alone.index(max(alone)) and entry["truncated"] is False
