@@ -89,6 +89,27 @@ def _stats(walls: list[float], cpus: list[float], n: int) -> str:
             f"cpu_s={np.median(cpus):.3f}")
 
 
+def _budget_edges(enc: Any, tokenizer: Any) -> None:
+    """One request at the default budget of 128-token texts and one of 16-token texts: the
+    per-passage charge makes them cost about the same time."""
+    from service.config import ServiceConfig
+    from service.engine import PASSAGE_COST_TOKENS
+
+    budget = ServiceConfig().max_encode_tokens
+    short: list[str] = []
+    for _, text in _passages()[400:]:
+        e = tokenizer.encode(text, add_special_tokens=False)
+        if len(e.ids) >= 14:
+            short.append(text[: e.offsets[13][1]])
+        if len(short) == budget // (16 + PASSAGE_COST_TOKENS):
+            break
+    for pieces, texts in ((PIECES, _texts(tokenizer, budget // (PIECES + 2 + PASSAGE_COST_TOKENS))), (14, short)):
+        c0, w0 = time.process_time(), time.perf_counter()
+        enc.encode(texts)
+        print(f"  at the default budget ({budget}): {len(texts)} texts of {pieces + 2} tokens in "
+              f"{time.perf_counter() - w0:.2f} s (cpu {time.process_time() - c0:.2f} s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--index", help="a default-recipe index (default: build one of 200 DL21 passages)")
@@ -155,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         ratio = np.median(results["baseline"][0]) / np.median(results["new"][0])
         cpu_ratio = np.median(results["baseline"][1]) / np.median(results["new"][1])
         print(f"  speedup new/baseline: wall x{ratio:.2f} cpu x{cpu_ratio:.2f} load_avg={os.getloadavg()}")
+        if threads == 1:
+            _budget_edges(enc, rr.text.tokenizer)
         cached = TextEncoder(mlm, rr.text, rr.index, threads=threads, dense_model=dense, cache_size=4096)
         cached.encode(texts[: args.texts])
         w0 = time.perf_counter()

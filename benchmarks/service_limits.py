@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _service_index import SPECIALS, build_synthetic_index, vocab_words  # noqa: E402
 
 from service.config import ServiceConfig  # noqa: E402
+from service.engine import PASSAGE_COST_TOKENS  # noqa: E402
 
 WORDS = vocab_words()[len(SPECIALS):]
 
@@ -184,7 +185,7 @@ def main() -> None:
         # words + [CLS] + [SEP] fill a TILDEv2 passage; a longer text would only be cut into more).
         rng = np.random.default_rng(5)
         per_text = 192
-        n_texts = min(cfg.max_encode, cfg.max_encode_tokens // per_text)
+        n_texts = min(cfg.max_encode, cfg.max_encode_tokens // (per_text + PASSAGE_COST_TOKENS))
         texts = [" ".join(WORDS[i] for i in rng.integers(0, 5000, size=per_text - 2)) for _ in range(n_texts)]
         body = {"query": query(5), "documents": [{"id": f"new-{i}", "text": t} for i, t in enumerate(texts)]}
         times = []

@@ -52,11 +52,12 @@ class ServiceConfig:
     max_documents: int = 10_000  # candidates per query
     max_batch_queries: int = 256  # queries per /v1/rerank/batch request
     # Texts encoded on the fly (needs a model) are budgeted in model input tokens, counted after
-    # chunking: the default admits 128 texts of 128 tokens (the common "re-rank my 100 retrieved
-    # chunks"), encoded in about 4.7 s on one core with the default recipe (27 texts/s), within the
-    # deadline (benchmarks/encode_texts.py; the README has the figures).
+    # chunking, each passage charged 16 more (service.engine.PASSAGE_COST_TOKENS): the default
+    # admits 128 texts of 128 tokens (the common "re-rank my 100 retrieved chunks"), encoded in
+    # about 4.7 s on one core with the default recipe (27 texts/s), within the deadline; 576 texts
+    # of 16 tokens take about as long (benchmarks/encode_texts.py; the README has the figures).
     max_encode: int = 1024  # documents encoded on the fly per request
-    max_encode_tokens: int = 16_384  # model input tokens ([CLS] and [SEP] included) encoded per request
+    max_encode_tokens: int = 18_432  # model input tokens ([CLS], [SEP] and the per-passage charge included)
     max_chunks_per_doc: int = 10  # default passages a long text is cut into (a request's max_chunks_per_doc wins)
     encode_cache: int = 4096  # passages kept encoded (LRU, per worker; 0: off), about 3 KB each
     max_text_chars: int = 20_000  # characters per document text

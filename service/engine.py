@@ -10,7 +10,8 @@ scored as a passage beside the other candidates, and the document gets its best 
 (Cohere's rerank does the same). In a fused mode the normalisation spans every passage scored,
 chunks included, so a chunked document's score is its best chunk's score among them. Texts are
 budgeted in model input tokens (``max_encode_tokens``, shared by a batch's queries), counted
-after chunking and truncation, before anything is encoded.
+after chunking and truncation, before anything is encoded, each passage charged
+:data:`PASSAGE_COST_TOKENS` more for the model pass's fixed cost.
 """
 
 from __future__ import annotations
@@ -32,11 +33,18 @@ from .errors import ApiError
 from .limits import Deadline
 from .schemas import DocId, Ranked, RerankRequest
 
-__all__ = ["DEFAULT_MAX_CHUNKS_PER_DOC", "DEFAULT_MAX_ENCODE_TOKENS", "EncodeBudget", "Engine", "StageClock"]
+__all__ = ["DEFAULT_MAX_CHUNKS_PER_DOC", "DEFAULT_MAX_ENCODE_TOKENS", "PASSAGE_COST_TOKENS", "EncodeBudget", "Engine",
+           "StageClock", "encode_cost"]
 
 # Defaults of ServiceConfig.max_encode_tokens / max_chunks_per_doc (see there for the measurement).
-DEFAULT_MAX_ENCODE_TOKENS = 16_384
+DEFAULT_MAX_ENCODE_TOKENS = 18_432
 DEFAULT_MAX_CHUNKS_PER_DOC = 10
+# What the budget charges a passage besides its tokens: the MLM pass is padded to the index's
+# max_length (as the build's, so weights match bit for bit), which makes a short passage cost
+# about as much as 16 more tokens (default recipe, 1 core: 8.3 ms for 16 tokens, 37 ms for 128;
+# benchmarks/encode_texts.py). Charged this way, any mix of lengths the budget admits takes
+# about the same time.
+PASSAGE_COST_TOKENS = 16
 
 
 class StageClock:
@@ -117,6 +125,12 @@ class _Encoded:
             out.extend(range(extra, extra + len(c.texts) - 1))
             extra += len(c.texts) - 1
         return np.asarray(out, dtype=np.int64)
+
+
+def encode_cost(chunks: Chunked) -> int:
+    """What a text's passages cost against ``max_encode_tokens``: their model input tokens plus
+    :data:`PASSAGE_COST_TOKENS` each."""
+    return chunks.tokens + PASSAGE_COST_TOKENS * len(chunks.texts)
 
 
 def _per_doc(value: int | None, name: str, where: str) -> int | None:
@@ -255,16 +269,17 @@ class Engine:
             budget.tokens = budget.tokens_left = self.max_encode_tokens
         encoder = self.encoder
         chunks = [encoder.chunk(docs[i].text or "", max_tokens, max_chunks) for i in with_text]
-        tokens = sum(c.tokens for c in chunks)
+        tokens = sum(encode_cost(c) for c in chunks)
         clock.lap("chunk", len(with_text))
         if tokens > budget.tokens_left:
+            passages = sum(len(c.texts) for c in chunks)
             raise ApiError(
                 422,
-                f"{where}{len(with_text)} texts not in the index would need {tokens} tokens encoded (after cutting "
-                f"them into passages of at most {encoder.window} word pieces, at most {max_chunks} per text); a "
-                f"request may have at most {budget.tokens} tokens encoded ({budget.tokens_left} left; "
-                f"max_encode_tokens in /info). Send index ids, fewer or shorter texts, or a lower "
-                f"max_tokens_per_doc or max_chunks_per_doc.",
+                f"{where}{len(with_text)} texts not in the index would cost {tokens} tokens to encode: "
+                f"{passages} passages of at most {encoder.window} word pieces (at most {max_chunks} per text), "
+                f"each charged its tokens + {PASSAGE_COST_TOKENS}; a request may have at most {budget.tokens} "
+                f"({budget.tokens_left} left; max_encode_tokens in /info). Send index ids, fewer or shorter "
+                f"texts, or a lower max_tokens_per_doc or max_chunks_per_doc.",
                 "too_many_texts",
             )
         budget.left -= len(with_text)

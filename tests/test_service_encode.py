@@ -146,10 +146,12 @@ def test_max_tokens_and_chunks_per_doc_truncate(engine: Any) -> None:
 
 
 def test_token_budget_counts_chunk_tokens_and_is_shared(engine: Any) -> None:
-    from service.engine import EncodeBudget
+    from service.engine import PASSAGE_COST_TOKENS, EncodeBudget, encode_cost
 
     text = _long_text(5, 50)
-    need = engine.encoder.chunk(text, None, 10).tokens
+    chunks = engine.encoder.chunk(text, None, 10)
+    need = encode_cost(chunks)
+    assert need == chunks.tokens + PASSAGE_COST_TOKENS * len(chunks.texts)
     budget = EncodeBudget(1000, tokens=2 * need)
     _rank(engine, "cat", [(None, text)], budget=budget)
     assert budget.tokens_left == need
@@ -163,9 +165,10 @@ def test_token_budget_counts_chunk_tokens_and_is_shared(engine: Any) -> None:
 
 def test_default_budget_admits_100_texts_of_128_tokens() -> None:
     from service.config import ServiceConfig
+    from service.engine import PASSAGE_COST_TOKENS
 
     c = ServiceConfig()
-    assert c.max_encode >= 100 and c.max_encode_tokens >= 100 * 128
+    assert c.max_encode >= 100 and c.max_encode_tokens >= 100 * (128 + PASSAGE_COST_TOKENS)
 
 
 def test_text_cache_is_bounded_and_keyed_by_identity() -> None:
@@ -198,13 +201,13 @@ def test_service_chunks_long_texts_by_default(impact_index: Path, tiny_mlm: Path
     from service.config import ServiceConfig
 
     app = create_app(ServiceConfig(index=str(impact_index), model=str(tiny_mlm), dense_model=str(tiny_bi_encoder),
-                                   max_chunks_per_doc=3, max_encode_tokens=400))
+                                   max_chunks_per_doc=3, max_encode_tokens=500))
     client = app.test_client()
     out = client.post("/v1/rerank", json={"query": "fish bank", "documents": [_long_text(8, 200), "fish"]}).get_json()
     long, short = sorted(out["meta"]["encoded"], key=lambda e: e["index"])
     assert (long["chunks"], long["truncated"], short["chunks"], short["truncated"]) == (3, True, 1, False)
     info = client.get("/info").get_json()
-    assert info["limits"]["max_encode_tokens"] == 400 and info["model"]["chunk_pieces"] == 30
+    assert info["limits"]["max_encode_tokens"] == 500 and info["model"]["chunk_pieces"] == 30
     assert info["model"]["encode_cache"]["capacity"] == 4096
     over = client.post("/v1/rerank", json={"query": "fish", "documents": [_long_text(9, 200)] * 5})
     assert over.status_code == 422 and "max_encode_tokens" in over.get_json()["error"]["message"]
