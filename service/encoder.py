@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DENSE_BATCH", "MLM_BATCH", "ModelMismatchError", "TextEncoder", "index_models"]
 
-# Texts per bi-encoder forward pass: measured fastest on 1 core for 128-token passages (8: 23
-# texts/s on ONNX Runtime, 16: 15, 100: 17; benchmarks/encode_texts.py).
+# Texts per bi-encoder forward pass: fastest on 1 core for 128-token passages (on ONNX Runtime,
+# measured on the shared 2-core machine under load: 8: 23 texts/s, 16: 15, 100: 17; with torch
+# 8: 17, 100: 9). benchmarks/encode_texts.py measures the result: about 50 texts/s unloaded.
 DENSE_BATCH = 8
 # Passages per MLM forward pass: its input is padded to the index's max_length, so this only
 # bounds the memory of one pass (results do not depend on it).
