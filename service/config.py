@@ -22,6 +22,7 @@ __all__ = ["ENV_PREFIX", "METERS", "WORKER_CLASSES", "ConfigError", "ServerConfi
 
 ENV_PREFIX = "TILDE_"
 METERS = ("auto", "rapl", "cpu", "none")
+FIRST_STAGES = ("bm25", "impact")
 # "tilde": service.worker.TildeWorker, gthread with read deadlines, JSON transport errors and a
 # backlog drain on SIGTERM (chosen by measurement: see service.worker and the README).
 WORKER_CLASSES = ("tilde", "sync", "gthread")
@@ -44,6 +45,9 @@ class ServiceConfig:
     model: str | None = None  # TILDEv2 checkpoint for documents that carry text but are not in the index
     tokenizer: str | None = None  # default: the tokenizer stored with the index
     bm25: str | None = None  # BM25 index for /v1/search (default: <index>/bm25 when it exists)
+    # /v1/search's first stage: "bm25" (the BM25 index above) or "impact" (the index's own
+    # weights searched in process: <index>/inverted, else inverted in memory at start)
+    first_stage: str = "bm25"
     missing: str = "error"  # unknown ids: "error" (422, strict), "skip", or "zero"; a request may override
     feedback: str = "index"  # pseudo-relevance feedback: "index" (what the model recommends), "off", or D,T,W
     mode: str = "index"  # scoring mode (tilde.rank.scoring): "index" (what the index recommends), tokens, mlm, ...
@@ -100,6 +104,8 @@ class ServiceConfig:
                     parse_scoring(self.mode)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        if self.first_stage not in FIRST_STAGES:
+            raise ConfigError(f"first_stage must be one of {', '.join(FIRST_STAGES)}, not {self.first_stage!r}")
         if self.meter not in METERS:
             raise ConfigError(f"meter must be one of {', '.join(METERS)}, not {self.meter!r}")
         for name in ("max_body_bytes", "max_documents", "max_batch_queries", "max_text_chars", "max_query_chars",

@@ -89,7 +89,7 @@ class ServiceState:
         in memory at start). A BM25 index that keeps texts serves return_documents either way."""
         from tilde.first_stage import BM25Index
 
-        kind = getattr(self.config, "first_stage", "bm25")
+        kind = self.config.first_stage
         if kind not in ("bm25", "impact"):
             raise ConfigError(f"first_stage must be bm25 or impact, not {kind!r}")
         path = self.config.bm25

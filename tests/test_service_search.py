@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -162,18 +161,11 @@ def test_client_search_passes_its_fields_through(monkeypatch: pytest.MonkeyPatch
     assert sent[-1][2] == {"query": "apple"}  # defaults are the server's
 
 
-@dataclass(frozen=True)
-class _ImpactConfig(ServiceConfig):
-    # The service option that chooses the first stage (service.config may add it as a field;
-    # state.py reads it with getattr, default "bm25").
-    first_stage: str = "impact"
-
-
 def test_search_with_the_impact_first_stage(search_app: Flask) -> None:
     from tilde.first_stage.inverted import ImpactIndex
 
     index = search_app.extensions["tilde"].config.index
-    app = create_app(_ImpactConfig(index=index, meter="cpu"))
+    app = create_app(ServiceConfig(index=index, meter="cpu", first_stage="impact"))
     info = app.test_client().get("/info").get_json()
     assert info["first_stage"]["engine"] == "impact"
     impact = ImpactIndex.load(index).search("apple fruit", 5)
@@ -189,7 +181,7 @@ def test_search_with_the_impact_first_stage(search_app: Flask) -> None:
         assert r["first_stage_score"] == by_id[r["id"]] == r["relevance_score"]
     assert app.extensions["tilde"].text_store is not None  # <index>/bm25 keeps texts for return_documents
     with pytest.raises(ConfigError, match="first_stage"):
-        create_app(_ImpactConfig(index=index, meter="cpu", first_stage="splade"))
+        create_app(ServiceConfig(index=index, meter="cpu", first_stage="splade"))
 
 
 def test_search_returns_the_stored_passage_texts(search_app: Flask) -> None:
@@ -199,3 +191,17 @@ def test_search_returns_the_stored_passage_texts(search_app: Flask) -> None:
     assert status == 200 and out["results"]
     for r in out["results"]:
         assert r["document"] == {"text": texts[str(r["id"])]}
+
+
+def test_the_first_stage_is_chosen_by_flag_or_environment() -> None:
+    from service.config import from_env
+    from tilde.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--index", "idx", "--first-stage", "impact"])
+    assert args.first_stage == "impact"
+    assert from_env(ServiceConfig, {"TILDE_FIRST_STAGE": "impact"}, index="idx").first_stage == "impact"
+    assert from_env(ServiceConfig, {}, index="idx").first_stage == "bm25"
+    with pytest.raises(ConfigError, match="first_stage"):
+        from_env(ServiceConfig, {"TILDE_FIRST_STAGE": "splade"}, index="idx")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--index", "idx", "--first-stage", "splade"])

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "built with it, else none and such documents follow --missing; 'none': off)")
     p.add_argument("--tokenizer", help="tokenizer (default: the one stored with the index)")
     p.add_argument("--bm25", help="BM25 index for POST /v1/search (env TILDE_BM25; default: <index>/bm25 if present)")
+    p.add_argument("--first-stage", choices=("bm25", "impact"),
+                   help="first stage of POST /v1/search (env TILDE_FIRST_STAGE): bm25 (default) or impact (the "
+                        "index's own weights searched in process: <index>/inverted, which tilde build writes)")
     p.add_argument("--host", help="address to bind (env TILDE_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (env TILDE_PORT, default 8000)")
     p.add_argument("--workers", type=int, help="worker processes sharing the memory-mapped index (default 2)")
@@ -51,7 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(env TILDE_DENSE_MODEL; default: the one the index was built with, when found)")
     p.add_argument("--max-documents", type=int, help="candidates per query (default 10000)")
     p.add_argument("--max-batch-queries", type=int, help="queries per batch request (default 256)")
-    p.add_argument("--max-encode", type=int, help="texts encoded on the fly per request (default 32)")
+    p.add_argument("--max-encode", type=int, help="texts encoded on the fly per request (default 1024)")
+    p.add_argument("--max-encode-tokens", type=int,
+                   help="model input tokens encoded on the fly per request, chunks and a 16-token charge per passage "
+                        "included (default 18432: 128 texts of 128 tokens)")
+    p.add_argument("--max-chunks-per-doc", type=int,
+                   help="passages a long text is cut into by default (default 10; a request's max_chunks_per_doc wins)")
+    p.add_argument("--encode-cache", type=int, help="encoded passages kept per worker (LRU; default 4096, 0: off)")
     p.add_argument("--max-body-bytes", type=int, help="request body limit (default 16 MiB)")
     p.add_argument("--max-candidates", type=int, help="candidates per request, summed over a batch (default 100000)")
     p.add_argument("--max-work", type=int, help="scoring work per request: candidates x distinct query tokens "
@@ -104,6 +113,8 @@ def main(args: argparse.Namespace) -> int:
 
     service = from_env(
         ServiceConfig, index=args.index, model=args.model, tokenizer=args.tokenizer, bm25=args.bm25,
+        first_stage=args.first_stage, max_encode_tokens=args.max_encode_tokens,
+        max_chunks_per_doc=args.max_chunks_per_doc, encode_cache=args.encode_cache,
         missing=args.missing, feedback=args.feedback, mode=args.mode, dense_model=args.dense_model,
         max_documents=args.max_documents, max_batch_queries=args.max_batch_queries, max_encode=args.max_encode,
         max_body_bytes=args.max_body_bytes, meter=args.meter, max_candidates=args.max_candidates,
