@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tilde.rank.calibration import calibrated_scores, fit_logistic
     from tilde.rank.scoring import Scoring
 
-    from .tune_fusion import TEST_SETS, _signals
+    from .tune_fusion import _signals, is_test_set
 
     recipe = Scoring.from_dict(DEFAULT_RECIPE.scoring)
     modes = ("tokens", "mlm", "dense", "fused")
@@ -57,11 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels: list[np.ndarray] = []
     for d in args.data:
         data = Path(d)
-        beir = not (data / "passages.tsv").is_file()
-        if (data.name, args.split if beir else None) in TEST_SETS:
+        if is_test_set(data, args.split):
             print(f"eval.calibrate: error: {data.name} is a test set; fit on DL21 / SciFact train", file=sys.stderr)
             return 2
-        cut = 1 if beir else 2
+        cut = 2 if (data / "passages.tsv").is_file() else 1  # TREC DL's binary cut; BEIR's qrels are 0/1
         with tempfile.TemporaryDirectory() as tmp:
             cands, sig, qrels = _signals(data, args.split, ["tokens", "mlm", "dense", str(recipe)], args.cache_dir,
                                          Path(tmp) / "bm25")

@@ -27,9 +27,16 @@ from .metrics import evaluate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["main", "simplex"]
+__all__ = ["is_test_set", "main", "simplex"]
 
 TEST_SETS = {("dl19", None), ("scifact", "test")}
+
+
+def is_test_set(data: Path, split: str) -> bool:
+    """Whether ``data`` (a TREC DL folder, or a BEIR folder read at ``split``) is a test set,
+    which no setting may be chosen on."""
+    beir = not (data / "passages.tsv").is_file()
+    return (data.name, split if beir else None) in TEST_SETS
 
 
 def simplex(n: int, step: float) -> list[tuple[float, ...]]:
@@ -107,8 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = []
     for d in args.data:
         data = Path(d)
-        beir = not (data / "passages.tsv").is_file()
-        if (data.name, args.split if beir else None) in TEST_SETS:
+        if is_test_set(data, args.split):
             print(f"eval.tune_fusion: error: {data.name} is a test set; tune on DL21 / SciFact train", file=sys.stderr)
             return 2
         with tempfile.TemporaryDirectory() as tmp:

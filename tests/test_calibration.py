@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,23 @@ def test_fused_calibration_needs_the_same_dense_feedback() -> None:
                   dense_feedback={"docs": 3, "weight": 1.0})
     assert calibration_for(rec, Scoring("fused", {"dense": 1.0}, dense_feedback={"docs": 3, "weight": 1.0}))
     assert calibration_for(rec, Scoring("fused", {"dense": 1.0})) is None
+
+
+def test_eval_calibrate_refuses_test_sets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eval.calibrate import main
+
+    (tmp_path / "dl19").mkdir()
+    (tmp_path / "dl19" / "passages.tsv").write_text("1\tx\n")
+    (tmp_path / "scifact").mkdir()
+    assert main(["--data", str(tmp_path / "dl19")]) == 2
+    assert main(["--data", str(tmp_path / "scifact"), "--split", "test"]) == 2
+    assert "is a test set" in capsys.readouterr().err
+
+
+def test_expected_calibration_error() -> None:
+    from eval.calibrate import expected_calibration_error
+
+    p = np.array([0.05] * 20 + [0.95] * 20)
+    y = np.array([1] + [0] * 19 + [1] * 19 + [0], dtype=np.float64)  # 5% and 95% relevant: calibrated
+    assert expected_calibration_error(p, y) == pytest.approx(0.0, abs=1e-12)
+    assert expected_calibration_error(np.full(10, 0.9), np.zeros(10)) == pytest.approx(0.9)
