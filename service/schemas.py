@@ -96,7 +96,8 @@ ScoreKind = Annotated[Literal["raw", "calibrated"], msgspec.Meta(
                 "(tilde.rank.calibration), 422 when the index has no calibration for the mode")]
 TopN = Annotated[PositiveInt, msgspec.Meta(description="Return the best top_n; omitted or null: every candidate")]
 MaxTokens = Annotated[PositiveInt, msgspec.Meta(
-    description="Tokens per chunk of a text encoded on the fly (default: the service's)")]
+    description="A text encoded on the fly is truncated to this many tokens before it is cut into passages of "
+                "the index's length (Cohere v2's meaning; default: no truncation but max_chunks_per_doc)")]
 MaxChunks = Annotated[PositiveInt, msgspec.Meta(
     description="Chunks a long text is cut into before truncation; the best chunk scores (default: the service's)")]
 DocIdSchema = {"anyOf": [{"type": "integer", "format": "int64"}, {"type": "string"}]}
@@ -205,6 +206,19 @@ class Report(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: Literal["not_in_index", "no_model"] | None = None
 
 
+class EncodedReport(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A document whose text was encoded on the fly, as the index's build encodes passages."""
+
+    index: int
+    id: DocId | None
+    chunks: Annotated[int, msgspec.Meta(description="Passages the text was cut into (1: it fit one)")] = 1
+    truncated: Annotated[bool, msgspec.Meta(
+        description="Text beyond max_tokens_per_doc or max_chunks_per_doc chunks was not scored")] = False
+    best_chunk: Annotated[int, msgspec.Meta(description="The chunk whose score the document got")] = 0
+    tokens: Annotated[int, msgspec.Meta(description="Model input tokens its chunks cost (the budget's unit)")] = 0
+    cached: Annotated[bool, msgspec.Meta(description="Every chunk came from the encode cache")] = False
+
+
 class Energy(msgspec.Struct):
     joules: float
     method: str
@@ -217,8 +231,8 @@ class Meta(msgspec.Struct, kw_only=True):
         description="Milliseconds per stage: parse, tokenize, lookup, score, encode, sort, serialize, total")]
     energy: Energy
     missing: list[Report] = []
-    encoded: Annotated[list[Report], msgspec.Meta(
-        description="Documents scored by encoding their text on the fly (no expansion)")] = []
+    encoded: Annotated[list[EncodedReport], msgspec.Meta(
+        description="Documents scored by encoding their text on the fly (chunked when long)")] = []
     query_tokens: int | None = None
     feedback_terms: Annotated[int, msgspec.Meta(
         description="Expansion tokens added by pseudo-relevance feedback (see /info)")] | None = None
@@ -246,7 +260,7 @@ class BatchItem(msgspec.Struct):
     id: DocId | None
     results: list[RerankResult]
     missing: list[Report]
-    encoded: list[Report]
+    encoded: list[EncodedReport]
     query_tokens: int
     feedback_terms: int
 
