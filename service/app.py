@@ -459,10 +459,16 @@ def create_app(config: ServiceConfig | None = None, *, load_encoder: bool = True
         "/v1/search": search,
     }
 
+    max_body = config.max_body_bytes
+
+    class DirectRequest(Request):
+        """A request outside an app context, with the body limit Flask reads from app.config."""
+
+        max_content_length = max_body  # type: ignore[assignment]
+
     def serve(view: Callable[[Request], Response]) -> Callable[[dict[str, Any]], Response]:
         def answer(environ: dict[str, Any]) -> Response:
-            r = app.request_class(environ)
-            r.max_content_length = config.max_body_bytes  # what Flask reads from app.config
+            r = DirectRequest(environ)
             try:
                 authenticate(r)
                 return view(r)
