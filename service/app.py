@@ -2,6 +2,11 @@
 serves the re-ranking API. Handlers are a few lines each: decode, validate (``schemas``), rank
 (``engine``), render. Every request gets an ``X-Request-Id`` and a ``Server-Timing`` header; every
 error, including 404/405/413 and unexpected exceptions, is ``{"error": {"code", "message"}}``.
+
+A POST to a scoring endpoint skips Flask's dispatch: the WSGI wrapper (``_Instrumented``) hands it
+straight to the endpoint's function with a ``Request`` of its own, through the same authentication
+and error handlers (tests/test_service_fastpath.py holds the two paths to the same answers). Every
+other request, including another method on those paths (405), goes through Flask.
 """
 
 from __future__ import annotations
