@@ -241,7 +241,13 @@ class Meta(msgspec.Struct, kw_only=True):
     score: ScoreKind | None = None
 
 
-class RerankResult(msgspec.Struct, omit_defaults=True):
+# The per-candidate result Structs (1,000 per request at the default load) are untracked by the
+# cyclic GC (gc=False): they hold numbers, strings and a copy of the client's document, so they
+# can be in no cycle, and 1,000 tracked objects a request cost ~25 us to build and a gen-0
+# collection every 700 allocations.
+
+
+class RerankResult(msgspec.Struct, omit_defaults=True, gc=False):
     index: Annotated[int, msgspec.Meta(description="Position in the request's ids/documents")]
     id: Annotated[DocId | None, msgspec.Meta(description="The candidate's id, in the type it was sent in")]
     relevance_score: Annotated[float, msgspec.Meta(
@@ -271,7 +277,7 @@ class BatchRerankResponse(msgspec.Struct):
     meta: Meta
 
 
-class RerankV2Result(msgspec.Struct):
+class RerankV2Result(msgspec.Struct, gc=False):
     index: int
     relevance_score: float
 
@@ -282,13 +288,13 @@ class RerankV2Response(msgspec.Struct):
     meta: Meta
 
 
-class TeiRank(msgspec.Struct, omit_defaults=True):
+class TeiRank(msgspec.Struct, omit_defaults=True, gc=False):
     index: int
     score: float
     text: str | None = None
 
 
-class InfinityResult(msgspec.Struct):
+class InfinityResult(msgspec.Struct, gc=False):
     index: int
     relevance_score: float
     document: str | None = None  # with return_documents
@@ -303,7 +309,7 @@ class InfinityRerankResponse(msgspec.Struct, kw_only=True):
     meta: Meta
 
 
-class SearchResult(msgspec.Struct, omit_defaults=True):
+class SearchResult(msgspec.Struct, omit_defaults=True, gc=False):
     index: Annotated[int, msgspec.Meta(description="Rank in the BM25 list (0-based)")]
     id: Annotated[DocId, msgspec.Meta(description="The index's docid type: an integer for numeric docids")]
     relevance_score: float
