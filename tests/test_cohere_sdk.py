@@ -16,7 +16,6 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 httpx = pytest.importorskip("httpx")  # cohere's own transport
 
-from service.config import ServiceConfig  # noqa: E402
 
 PASSAGES = {"1": "the apple tree is green", "2": "a sweet red cherry", "3": "how to rank passages fast on a cpu"}
 TEXTS = ["a red cherry tree", "apple banana", "rank fast cpu passages", "nothing at all"]
@@ -73,18 +72,13 @@ def test_v2_rerank(url: str) -> None:
 
 
 def test_v2_hundred_texts(url: str) -> None:
-    """The common "re-rank my 100 retrieved chunks" call. It passes once the default budget of
-    texts encoded on the fly admits 100 (the encode work of issue 13); under an older default
-    that refuses it, the refusal must be the documented 422, never a crash."""
+    """The common "re-rank my 100 retrieved chunks" call: the default budget of texts encoded on
+    the fly admits it (128 texts of 128 tokens)."""
     texts = [f"{TEXTS[i % len(TEXTS)]} number {i}" for i in range(100)]
-    co = _v2(url)
-    try:
-        resp = co.rerank(model="m", query="red cherry", documents=texts)  # type: ignore[attr-defined]
-    except cohere.errors.UnprocessableEntityError as exc:
-        assert getattr(ServiceConfig(), "max_encode", 100) < 100, exc
-        assert exc.body["error"]["code"] in ("too_many_texts", "over_budget")
-        return
+    resp = _v2(url).rerank(model="m", query="red cherry", documents=texts)  # type: ignore[attr-defined]
     assert len(resp.results) == 100 and sorted(r.index for r in resp.results) == list(range(100))
+    scores = [r.relevance_score for r in resp.results]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_v1_errors_reach_the_sdk(url: str) -> None:
