@@ -719,12 +719,14 @@ def _msgpack_int_records(order: np.ndarray, ids: np.ndarray, scores: np.ndarray)
     return msgpack_array_header(order.size) + rec.tobytes()
 
 
-def check_finite(ranked: Ranked, ids: Sequence[DocId | None]) -> None:
+def check_finite(ranked: Ranked, ids: Sequence[DocId | None] | None = None) -> None:
     """NaN/inf is no JSON number (and no ranking): a damaged index. Such a score is never sent,
-    in JSON or msgpack; the request is answered 500 ``non_finite_score`` naming the candidates."""
+    in JSON or msgpack; the request is answered 500 ``non_finite_score`` naming the candidates
+    (by id, or by position for the texts-only endpoints)."""
     finite = np.isfinite(ranked.scores)
     if not finite.all():
-        bad = [ids[i] for i in ranked.order[~finite][:5].tolist()]
+        positions = ranked.order[~finite][:5].tolist()
+        bad = [f"documents[{i}]" for i in positions] if ids is None else [ids[i] for i in positions]
         raise ApiError(500, f"non-finite score for candidate(s) {bad}: the index holds non-finite weights "
                             f"(check it with tilde index verify)"[:300], "non_finite_score")
 
@@ -758,13 +760,13 @@ def _pick(seq: Sequence[Any], order: list[int]) -> Sequence[Any]:
 
 
 def render_v2(fmt: str, ranked: Ranked) -> bytes:
-    check_finite(ranked, [None] * (int(ranked.order.max()) + 1 if ranked.order.size else 0))
+    check_finite(ranked)
     return encode(list(map(RerankV2Result, ranked.order.tolist(), ranked.scores.tolist())), fmt)
 
 
 def render_tei(fmt: str, ranked: Ranked, texts: Sequence[str] | None) -> bytes:
     """TEI's bare array, best first; ``texts``: with return_text."""
-    check_finite(ranked, [None] * (int(ranked.order.max()) + 1 if ranked.order.size else 0))
+    check_finite(ranked)
     order, scores = ranked.order.tolist(), ranked.scores.tolist()
     if texts is None:
         return encode(list(map(TeiRank, order, scores)), fmt)
@@ -773,7 +775,7 @@ def render_tei(fmt: str, ranked: Ranked, texts: Sequence[str] | None) -> bytes:
 
 def render_infinity(fmt: str, ranked: Ranked, texts: Sequence[str] | None) -> bytes:
     """Infinity's results, best first; ``texts``: with return_documents."""
-    check_finite(ranked, [None] * (int(ranked.order.max()) + 1 if ranked.order.size else 0))
+    check_finite(ranked)
     order, scores = ranked.order.tolist(), ranked.scores.tolist()
     if texts is None:
         return encode(list(map(InfinityResult, order, scores)), fmt)

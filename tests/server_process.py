@@ -8,11 +8,27 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
-from conftest_service import free_port
+from conftest_service import free_port, tiny_model
+
+
+def build_served_index(root: Path, passages: Mapping[str, str], bm25: bool = False) -> tuple[Path, Path]:
+    """(index, model): a tiny TILDEv2 model and the index of ``passages`` built with it under
+    ``root`` (with ``bm25``, also the BM25 index at ``<index>/bm25``), for a server to serve."""
+    from tilde.first_stage import build_bm25_index
+    from tilde.index.build import build_index
+
+    model = tiny_model(root / "model")
+    coll = root / "collection.tsv"
+    coll.write_text("".join(f"{pid}\t{text}\n" for pid, text in passages.items()), "utf-8")
+    build_index(str(model), coll, root / "index", progress=False, batch_size=2)
+    if bm25:
+        build_bm25_index(coll, root / "index" / "bm25")
+    return root / "index", model
 
 
 def _ready(url: str) -> bool:

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_service import tiny_model
-from server_process import serving
+from server_process import build_served_index, serving
 
 cohere = pytest.importorskip("cohere")  # a dev dependency: installed in CI
 pytest.importorskip("torch")
@@ -23,14 +22,8 @@ TEXTS = ["a red cherry tree", "apple banana", "rank fast cpu passages", "nothing
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tilde.index.build import build_index
-
-    root = tmp_path_factory.mktemp("cohere-sdk")
-    model = tiny_model(root / "model")
-    coll = root / "collection.tsv"
-    coll.write_text("".join(f"{pid}\t{text}\n" for pid, text in PASSAGES.items()), "utf-8")
-    build_index(str(model), coll, root / "index", progress=False, batch_size=2)
-    with serving("--index", str(root / "index"), "--model", str(model)) as base:
+    index, model = build_served_index(tmp_path_factory.mktemp("cohere-sdk"), PASSAGES)
+    with serving("--index", str(index), "--model", str(model)) as base:
         yield base
 
 

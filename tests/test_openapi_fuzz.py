@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest_service import tiny_model
-from server_process import serving
+from server_process import build_served_index, serving
 
 schemathesis = pytest.importorskip("schemathesis")  # a dev dependency: installed in CI
 pytest.importorskip("torch")
@@ -42,17 +41,9 @@ def _msgpack(ctx: Any, value: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tilde.first_stage import build_bm25_index
-    from tilde.index.build import build_index
-
-    root = tmp_path_factory.mktemp("fuzz")
-    model = tiny_model(root / "model")
-    coll = root / "collection.tsv"
-    coll.write_text("".join(f"{pid}\t{text}\n" for pid, text in PASSAGES.items()), "utf-8")
-    build_index(str(model), coll, root / "index", progress=False, batch_size=2)
-    build_bm25_index(coll, root / "index" / "bm25")
+    index, model = build_served_index(tmp_path_factory.mktemp("fuzz"), PASSAGES, bm25=True)
     # missing zero: random ids are answered (score 0) instead of all being 422 unknown_ids
-    with serving("--index", str(root / "index"), "--model", str(model), "--missing", "zero", "--workers", "2",
+    with serving("--index", str(index), "--model", str(model), "--missing", "zero", "--workers", "2",
                  "--max-queue", "64") as base:
         yield base
 

@@ -316,3 +316,14 @@ def test_deep_and_exotic_document_fields_are_4xx(client: FlaskClient) -> None:
     packed = msgpack.packb({"query": "x", "documents": [{"text": "a", "t": {1: 2}}]}, strict_types=False)
     r = client.post("/v1/rerank", data=packed, content_type="application/msgpack", headers={"Accept": JSON_ONLY})
     assert r.status_code == 422 and "documents[0].t" in r.get_json()["error"]["message"]
+
+
+def test_non_finite_scores_are_named_by_id_or_position() -> None:
+    from service.errors import ApiError
+    from service.schemas import Ranked, check_finite
+
+    ranked = Ranked(np.array([1, 0]), np.array([np.nan, 1.0]), [], [], 2)
+    with pytest.raises(ApiError, match=r"\['documents\[1\]'\]"):
+        check_finite(ranked)
+    with pytest.raises(ApiError, match=r"\['b'\]"):
+        check_finite(ranked, ["a", "b"])
