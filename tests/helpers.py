@@ -59,3 +59,28 @@ def naive_scores(raw: dict[str, tuple[np.ndarray, np.ndarray]], stop: set[int], 
                 table.setdefault(t, []).append(float(x))
         scores.append(sum(max(table[q]) if q in table else 0.0 for q in query_ids))
     return scores
+
+
+def lucene_available() -> bool:
+    """Whether Java and the Anserini jar (the pyserini wheel's) are here for the Lucene tests."""
+    from tilde.first_stage.lucene import LuceneUnavailable, find_anserini_jar, find_java
+
+    try:
+        find_anserini_jar()
+        find_java()
+    except LuceneUnavailable:
+        return False
+    return True
+
+
+def write_beir_folder(d: Path) -> Path:
+    """A four-document BEIR folder (corpus.jsonl, queries.test.tsv, qrels.test.trec) at ``d``."""
+    import json
+
+    d.mkdir(parents=True, exist_ok=True)
+    docs = [("d1", "Cats", "the cat sat on the road"), ("d2", "Banks", "money in the bank"),
+            ("d3", "", "fish in the river near the bank"), ("d4", "Music", "song and music")]
+    (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
+    (d / "queries.test.tsv").write_text("q1\tcat road\nq2\tbank money\nq3\tmusic\n")
+    (d / "qrels.test.trec").write_text("q1 0 d1 1\nq2 0 d2 1\nq3 0 d4 1\n")
+    return d

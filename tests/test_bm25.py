@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from helpers import lucene_available
 
 from tilde.bm25 import Analyzer, BM25Index, BM25IndexError, build_bm25_index
 from tilde.cli import main as cli_main
@@ -338,17 +339,6 @@ def test_cli_index_and_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 # Lucene backend (Anserini jar + Java): runs where the jar is installed, else skips
 
 
-def _lucene_available() -> bool:
-    from tilde.first_stage.lucene import LuceneUnavailable, find_anserini_jar, find_java
-
-    try:
-        find_anserini_jar()
-        find_java()
-    except LuceneUnavailable:
-        return False
-    return True
-
-
 def test_lucene_backend_missing_jar_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tilde.first_stage.lucene import LuceneUnavailable, find_anserini_jar
 
@@ -359,7 +349,7 @@ def test_lucene_backend_missing_jar_is_a_clear_error(tmp_path: Path, monkeypatch
 
 @pytest.mark.slow
 def test_lucene_backend_agrees_with_embedded(tmp_path: Path) -> None:
-    if not _lucene_available():
+    if not lucene_available():
         pytest.skip("no Anserini jar / Java 11+ (pip install --no-deps pyserini==0.25.0)")
     from tilde.first_stage.lucene import LuceneBM25, build_lucene_index
 

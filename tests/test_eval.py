@@ -15,6 +15,8 @@ from conftest import SHARED_DATA
 
 pytest.importorskip("ir_measures")
 
+from helpers import write_beir_folder
+
 from eval.metrics import evaluate, msmarco_measures, trec_dl_measures  # noqa: E402
 from eval.pipeline import StageTimes  # noqa: E402
 from eval.references import references_for  # noqa: E402
@@ -347,13 +349,7 @@ def test_msmarco_script_reports_bad_inputs(msmarco_files: dict[str, Path], tmp_p
 def test_beir_script(tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from eval.beir import main
 
-    d = tmp_path / "beirsyn"
-    d.mkdir()
-    docs = [("d1", "Cats", "the cat sat on the road"), ("d2", "Banks", "money in the bank"),
-            ("d3", "", "fish in the river near the bank"), ("d4", "Music", "song and music")]
-    (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
-    (d / "queries.test.tsv").write_text("q1\tcat road\nq2\tbank money\nq3\tmusic\n")
-    (d / "qrels.test.trec").write_text("q1 0 d1 1\nq2 0 d2 1\nq3 0 d4 1\n")
+    d = write_beir_folder(tmp_path / "beirsyn")
     assert main(["--data", str(d), "--depth", "3", "--model", "none"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == "bm25_ndcg@10=1.0000 bm25_r@100=1.0000"

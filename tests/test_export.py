@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_vocab
-from tests.helpers import random_passages, write_index
+from tests.helpers import lucene_available, random_passages, write_beir_folder, write_index
 from tilde.cli import main as cli_main
 from tilde.export.anserini import export_anserini
 from tilde.export.opensearch import (
@@ -333,21 +333,10 @@ def test_feature_value_keeps_nine_significant_bits() -> None:
 # real engines: Anserini (jar + Java) for the impact index, Lucene's FeatureField for rank_features
 
 
-def _lucene_available() -> bool:
-    from tilde.first_stage.lucene import LuceneUnavailable, find_anserini_jar, find_java
-
-    try:
-        find_anserini_jar()
-        find_java()
-    except LuceneUnavailable:
-        return False
-    return True
-
-
 @pytest.mark.slow
 def test_anserini_impact_index_scores_are_the_quantised_dot_products(built: tuple[Path, Reranker],
                                                                      tmp_path: Path) -> None:
-    if not _lucene_available():
+    if not lucene_available():
         pytest.skip("no Anserini jar / Java 11+ (pip install --no-deps pyserini==0.25.0)")
     from tilde.first_stage.impact import LuceneImpact
 
@@ -509,18 +498,12 @@ def test_first_stage_spec_errors() -> None:
 @pytest.mark.slow
 def test_beir_with_the_impact_first_stage(tmp_path: Path, tiny_model: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    if not _lucene_available():
+    if not lucene_available():
         pytest.skip("no Anserini jar / Java 11+ (pip install --no-deps pyserini==0.25.0)")
     from eval.beir import main
     from tilde.index.build import build_index
 
-    d = tmp_path / "beirsyn"
-    d.mkdir()
-    docs = [("d1", "Cats", "the cat sat on the road"), ("d2", "Banks", "money in the bank"),
-            ("d3", "", "fish in the river near the bank"), ("d4", "Music", "song and music")]
-    (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
-    (d / "queries.test.tsv").write_text("q1\tcat road\nq2\tbank money\nq3\tmusic\n")
-    (d / "qrels.test.trec").write_text("q1 0 d1 1\nq2 0 d2 1\nq3 0 d4 1\n")
+    d = write_beir_folder(tmp_path / "beirsyn")
     build_index(str(tiny_model), d / "corpus.jsonl", tmp_path / "idx", progress=False)
     summary = export_anserini(tmp_path / "idx", tmp_path / "impact", build=True, progress=False)
     assert "Lucene index of 4 docs" in summary.format()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import lucene_available, write_beir_folder
 
 from tests.conftest import write_vocab
 from tests.helpers import random_passages, write_index
@@ -135,20 +136,9 @@ def test_rows_outside_the_index_are_refused_not_read(tmp_path: Path, vocab: Path
         impact.search_ids(np.arange(12, 200), 5)
 
 
-def _lucene_available() -> bool:
-    from tilde.first_stage.lucene import LuceneUnavailable, find_anserini_jar, find_java
-
-    try:
-        find_anserini_jar()
-        find_java()
-    except LuceneUnavailable:
-        return False
-    return True
-
-
 @pytest.mark.slow
 def test_quantised_search_is_the_lucene_impact_search(tmp_path: Path, vocab: Path) -> None:
-    if not _lucene_available():
+    if not lucene_available():
         pytest.skip("no Anserini jar / Java 11+ (pip install --no-deps pyserini==0.25.0)")
     from tilde.export.anserini import export_anserini
     from tilde.first_stage.impact import LuceneImpact
@@ -173,13 +163,7 @@ def test_beir_with_the_inprocess_impact_first_stage(tmp_path: Path, tiny_model: 
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from eval.beir import main
 
-    d = tmp_path / "beirsyn"
-    d.mkdir()
-    docs = [("d1", "Cats", "the cat sat on the road"), ("d2", "Banks", "money in the bank"),
-            ("d3", "", "fish in the river near the bank"), ("d4", "Music", "song and music")]
-    (d / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in docs))
-    (d / "queries.test.tsv").write_text("q1\tcat road\nq2\tbank money\nq3\tmusic\n")
-    (d / "qrels.test.trec").write_text("q1 0 d1 1\nq2 0 d2 1\nq3 0 d4 1\n")
+    d = write_beir_folder(tmp_path / "beirsyn")
     assert main(["--data", str(d), "--depth", "3", "--first-stage", "impact", "--model", str(tiny_model),
                  "--cache-dir", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -190,7 +174,7 @@ def test_beir_with_the_inprocess_impact_first_stage(tmp_path: Path, tiny_model: 
     assert fields[2].startswith("impact_ndcg@10=") and fields[3].startswith("impact_r@100=")
     # the first stage searched the whole corpus (one cached index of every passage)
     cached = next((tmp_path / "c").glob("*/index"))
-    assert len(ImpactIndex.load(cached)) == len(docs)
+    assert len(ImpactIndex.load(cached)) == len((d / "corpus.jsonl").read_text().splitlines())
     assert main(["--data", str(d), "--model", "none", "--first-stage", "impact"]) == 2
     assert "needs --model" in capsys.readouterr().err
 
