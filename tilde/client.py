@@ -86,6 +86,11 @@ def _id_list(ids: Sequence[DocId] | Any) -> list[Any]:
     return list(ids)
 
 
+def _body(**fields: Any) -> dict[str, Any]:
+    """A request body of the fields given (None: left out, so the server's default applies)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _results(rows: Sequence[Mapping[str, Any]]) -> list[Result]:
     return [Result(r["index"], r.get("id"), r["relevance_score"], r.get("document"), r.get("first_stage_score"))
             for r in rows]
@@ -191,17 +196,9 @@ class Client:
         missing: str | None = None,
     ) -> RerankResponse:
         """Re-rank index ``ids`` (fast path) or Cohere-style ``documents`` for ``query``."""
-        body: dict[str, Any] = {"query": query}
-        if ids is not None:
-            body["ids"] = _id_list(ids)
-        if documents is not None:
-            body["documents"] = list(documents)
-        if top_n is not None:
-            body["top_n"] = top_n
-        if return_documents:
-            body["return_documents"] = True
-        if missing is not None:
-            body["missing"] = missing
+        body = _body(query=query, ids=None if ids is None else _id_list(ids),
+                     documents=None if documents is None else list(documents), top_n=top_n,
+                     return_documents=return_documents or None, missing=missing)
         _, out, _ = self.request("POST", "/v1/rerank", body)
         return RerankResponse(out["id"], _results(out["results"]), out.get("meta", {}))
 
@@ -216,15 +213,7 @@ class Client:
         """First stage + re-ranking in one call (``POST /v1/search``): the server's first stage
         (BM25, or the index's own weights) retrieves ``k`` passages, which are re-ranked; results
         carry ``first_stage_score`` and, with ``return_documents``, the passage text."""
-        body: dict[str, Any] = {"query": query}
-        if k is not None:
-            body["k"] = k
-        if top_n is not None:
-            body["top_n"] = top_n
-        if return_documents:
-            body["return_documents"] = True
-        if mode is not None:
-            body["mode"] = mode
+        body = _body(query=query, k=k, top_n=top_n, return_documents=return_documents or None, mode=mode)
         _, out, _ = self.request("POST", "/v1/search", body)
         return RerankResponse(out["id"], _results(out["results"]), out.get("meta", {}))
 
@@ -235,11 +224,7 @@ class Client:
         missing: str | None = None,
     ) -> list[BatchItem]:
         """Many queries in one request; each item ``{"query", "ids"|"documents", "id"?, "top_n"?}``."""
-        body: dict[str, Any] = {"queries": list(queries)}
-        if top_n is not None:
-            body["top_n"] = top_n
-        if missing is not None:
-            body["missing"] = missing
+        body = _body(queries=list(queries), top_n=top_n, missing=missing)
         _, out, _ = self.request("POST", "/v1/rerank/batch", body)
         return [BatchItem(r["index"], r.get("id"), _results(r["results"]), r.get("missing", []), r.get("encoded", []))
                 for r in out["results"]]
