@@ -49,8 +49,8 @@ __all__ = ["DENSE_BATCH", "MLM_BATCH", "ModelMismatchError", "TextEncoder", "ind
 # measured on the shared 2-core machine under load: 8: 23 texts/s, 16: 15, 100: 17; with torch
 # 8: 17, 100: 9). benchmarks/encode_texts.py measures the result: about 50 texts/s unloaded.
 DENSE_BATCH = 8
-# Passages per MLM forward pass: its input is padded to the index's max_length, so this only
-# bounds the memory of one pass (results do not depend on it).
+# Passages handed to the MLM at once; impact_postings splits them into passes of at most
+# PASS_POSITIONS padded positions (results depend on neither: a passage's padded width is its own).
 MLM_BATCH = 64
 
 
@@ -164,6 +164,8 @@ class TextEncoder:
         self._cls, self._sep, self._pad = text.special_id("[CLS]"), text.special_id("[SEP]"), text.special_id("[PAD]")
         m = index.manifest
         length = int((m.impact or {}).get("max_length", 128)) if self.impact else int(m.max_passage_tokens)
+        # how the index padded the MLM input (indexes before "buckets" padded to max_length)
+        self._padding = str((m.impact or {}).get("padding", "max_length"))
         self.window = length - 2  # word pieces of one passage: what a chunk holds
         dense_sha = "" if self.dense is None else str((m.dense or {}).get("model_sha256"))
         identity = "|".join(str(x) for x in (self.sha256, dense_sha, m.vocab_sha256, m.weighting, length,
@@ -187,7 +189,7 @@ class TextEncoder:
             out: list[tuple[np.ndarray, np.ndarray]] = []
             with self._lock:
                 for i in range(0, len(ids), MLM_BATCH):
-                    out += impact_postings(self.expander, ids[i : i + MLM_BATCH], self._stop)
+                    out += impact_postings(self.expander, ids[i : i + MLM_BATCH], self._stop, self._padding)
             return out
         from tilde.model import encode, passage_input_ids
 

@@ -306,3 +306,53 @@ def test_dense_feedback_follows_its_definition(impact_index: Path, tiny_mlm: Pat
                 "fused:dense=1;dense_feedback=2"):
         with pytest.raises(ValueError):
             parse_scoring(bad)
+
+
+def test_pad_width_buckets() -> None:
+    from tilde.index.impact import pad_width
+
+    assert [pad_width(n, 512) for n in (3, 128, 129, 256, 257, 512)] == [128, 128, 256, 256, 512, 512]
+    assert [pad_width(n, 300) for n in (10, 200, 299)] == [128, 256, 300]
+    assert pad_width(10, 32) == 32  # a max_length under 128 is the only width
+    assert pad_width(5, 512, "max_length") == 512  # indexes written before buckets
+    with pytest.raises(ValueError, match="padding"):
+        pad_width(5, 512, "bogus")
+
+
+def test_long_max_length_pads_each_passage_to_its_bucket(tmp_path: Path, tiny_mlm: Path) -> None:
+    """With max_length 256, passages of up to 128 ids get exactly the weights of a max_length-128
+    index (same padded width), a longer one its whole text (the naive definition, to float
+    tolerance), and the service's encoder gives every passage the index's weights bit for bit."""
+    from service.encoder import TextEncoder
+    from tilde.index.impact import build_impact_index
+
+    words = "cat dog road river bank book fish park ball moon sun stars car red big small".split()
+    rng = np.random.default_rng(0)
+    rows = [("1", "the cat sat on the road"), ("2", " ".join(rng.choice(words, 120))),
+            ("3", " ".join(rng.choice(words, 200))), ("4", "fish swim in the river")]
+    coll = tmp_path / "c.tsv"
+    coll.write_text("".join(f"{p}\t{t}\n" for p, t in rows), encoding="utf-8")
+    kw = dict(top_k=10, query_encoders=False, batch_size=4, progress=False)
+    build_impact_index(str(tiny_mlm), coll, tmp_path / "long", max_length=256, **kw)  # type: ignore[arg-type]
+    build_impact_index(str(tiny_mlm), coll, tmp_path / "short", max_length=128, **kw)  # type: ignore[arg-type]
+    long, short = TildeIndex.open(tmp_path / "long"), TildeIndex.open(tmp_path / "short")
+    assert long.manifest.impact is not None and long.manifest.impact["padding"] == "buckets"
+    text = TextProcessor.load(tiny_mlm)
+    lengths = [len(text.token_ids(t)) + 2 for _, t in rows]
+    assert lengths[0] <= 128 < lengths[1] < lengths[2] <= 256  # widths 128, 256, 256
+    for r, (pid, passage) in enumerate(rows):
+        toks, ws = long.postings(r)
+        if lengths[r] <= 128:
+            s_toks, s_ws = short.postings(r)
+            np.testing.assert_array_equal(toks, s_toks)
+            np.testing.assert_array_equal(ws, s_ws)
+        got = dict(zip(toks.tolist(), ws.tolist()))
+        want = naive_impact(tiny_mlm, passage, top_k=10, max_length=256)
+        for t in set(got) | set(want):
+            assert got.get(t, 0.0) == pytest.approx(want.get(t, 0.0), abs=2e-3), (pid, t)
+    rr = Reranker.load(tmp_path / "long")
+    enc = TextEncoder(str(tiny_mlm), rr.text, rr.index)
+    for (toks, ws), r in zip(enc.postings([t for _, t in rows]), range(len(rows))):
+        i_toks, i_ws = long.postings(r)
+        np.testing.assert_array_equal(toks, i_toks)
+        np.testing.assert_array_equal(ws, i_ws)

@@ -1,9 +1,12 @@
 """The one-pass impact build: an MLM (splade-tiny) expands a passage and weighs every stored
 token in the same forward pass, optionally with a bi-encoder's passage vector beside it.
 
-For a passage encoded ``[CLS] passage [SEP]`` (truncated to ``max_length``, padded to exactly it,
-as :class:`tilde.expand.base.Expander` does), the weight of vocabulary id ``v`` is SPLADE's
-``max over positions of log(1 + ReLU(logit[pos, v]))``. A row stores:
+For a passage encoded ``[CLS] passage [SEP]`` (truncated to ``max_length``), the weight of
+vocabulary id ``v`` is SPLADE's ``max over positions of log(1 + ReLU(logit[pos, v]))``. The model
+input is padded to a width that depends on the passage alone (:func:`pad_width`: 128, doubling up
+to ``max_length``), so the build and the service, which batch passages differently, give a
+passage bit-identical weights, and a short passage costs no more under a long ``max_length``.
+A row stores:
 
 - the passage's own tokens (stop ids and special tokens dropped, as a TILDEv2 index does), and
 - its expansion: the ``top_k`` best-scoring ids (counted before filtering, as the reference's
@@ -33,23 +36,62 @@ from tilde.text import TextProcessor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_IMPACT_TOP_K", "build_impact_index", "export_query_encoders", "impact_job", "impact_postings",
-           "refresh_query_encoders"]
+__all__ = ["DEFAULT_IMPACT_TOP_K", "PAD_BASE", "build_impact_index", "export_query_encoders", "impact_job",
+           "impact_postings", "pad_width", "refresh_query_encoders"]
 
 DEFAULT_IMPACT_TOP_K = 200
 
 
-def impact_postings(expander: Any, passages: Sequence[Sequence[int]], stop_mask: np.ndarray) -> list[Postings]:
-    """Per passage (WordPiece ids without special tokens): sorted stored ids (uint32) and their
-    float16 impact weights, from one forward pass of ``expander`` (a :class:`MlmExpander`)."""
-    import torch
+# The narrowest padded width of the model input (see pad_width).
+PAD_BASE = 128
+# Model input positions per forward pass (rows x padded width): bounds the memory of the MLM
+# head's intermediate (about 0.5 GB at 4,096 positions for a 30,522-id vocabulary).
+PASS_POSITIONS = 4096
 
+
+def pad_width(n: int, max_length: int, padding: str = "buckets") -> int:
+    """The padded width of a model input of ``n`` ids (special tokens included): with ``padding``
+    "buckets" (indexes written since max_length 512 became the default) the smallest of 128, 256,
+    512, ... that holds it, capped at ``max_length``; with "max_length" (older indexes) always
+    ``max_length``. A width depends on the passage alone, never on what it is batched with."""
+    if padding == "max_length":
+        return max_length
+    if padding != "buckets":
+        raise ValueError(f"impact padding must be buckets or max_length, not {padding!r}")
+    width = min(PAD_BASE, max_length)
+    while width < n and width < max_length:
+        width = min(2 * width, max_length)
+    return width
+
+
+def impact_postings(expander: Any, passages: Sequence[Sequence[int]], stop_mask: np.ndarray,
+                    padding: str = "buckets") -> list[Postings]:
+    """Per passage (WordPiece ids without special tokens): sorted stored ids (uint32) and their
+    float16 impact weights, from one forward pass of ``expander`` (a :class:`MlmExpander`) over
+    passages padded to their :func:`pad_width` (grouped by width, at most
+    :data:`PASS_POSITIONS` positions a pass)."""
     if not passages:
         return []
     rows = [expander.input_ids(p) for p in passages]
-    length = expander.max_length
-    input_ids = torch.full((len(rows), length), expander.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    groups: dict[int, list[int]] = {}
+    for r, row in enumerate(rows):
+        groups.setdefault(pad_width(len(row), expander.max_length, padding), []).append(r)
+    out: list[Postings | None] = [None] * len(rows)
+    for width, members in sorted(groups.items()):
+        step = max(1, PASS_POSITIONS // width)
+        for start in range(0, len(members), step):
+            part = members[start : start + step]
+            for r, post in zip(part, _impact_pass(expander, [rows[r] for r in part], width, stop_mask)):
+                out[r] = post
+    return [p for p in out if p is not None]
+
+
+def _impact_pass(expander: Any, rows: list[list[int]], width: int, stop_mask: np.ndarray) -> list[Postings]:
+    """One forward pass over model inputs ``rows``, each padded to ``width``."""
+    import torch
+
+    input_ids = torch.full((len(rows), width), expander.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
     for r, row in enumerate(rows):
         input_ids[r, : len(row)] = torch.as_tensor(row, dtype=torch.long)
         mask[r, : len(row)] = 1
@@ -218,7 +260,7 @@ def impact_job(
 
     settings = expander.settings
     impact = {"model": settings.model, "model_sha256": settings.model_sha256, "top_k": top_k,
-              "max_length": max_length, "dtype": settings.dtype}
+              "max_length": max_length, "padding": "buckets", "dtype": settings.dtype}
     identity: dict[str, Any] = {"weighting": "impact", **impact}
     dense_info: dict[str, Any] | None = None
     if dense_enc is not None:
