@@ -174,6 +174,7 @@ def run_client(args: argparse.Namespace) -> None:
     print(json.dumps({"phase": "warm"}), flush=True)
     sys.stdin.readline()  # the parent scrapes /metrics, then tells us to go
     measuring[0] = True
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     stop_at[0] = t0 + args.duration
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(args.concurrency)]
@@ -182,6 +183,7 @@ def run_client(args: argparse.Namespace) -> None:
     for th in threads:
         th.join()
     elapsed = time.perf_counter() - t0
+    client_cpu = time.process_time() - cpu0
     lat = np.array(latencies) * 1e3
     print(json.dumps({
         "requests": int(lat.size), "seconds": elapsed, "rps": lat.size / elapsed,
@@ -190,6 +192,7 @@ def run_client(args: argparse.Namespace) -> None:
         "p99_ms": float(np.percentile(lat, 99)) if lat.size else 0.0,
         "max_ms": float(lat.max()) if lat.size else 0.0,
         "errors": len(errors), "error_examples": errors[:3],
+        "client_cpu_ms": client_cpu / max(lat.size, 1) * 1e3,
     }), flush=True)
 
 
@@ -358,6 +361,7 @@ def line(fmt: str, r: dict[str, Any], mem: dict[str, Any]) -> str:
             + (f" {r['error_examples']}" if r["errors"] else "")
             + f"\n[{fmt}] server mean ms per request: {where}; server CPU {r['server_cpu_ms']:.2f} ms/request "
               f"(all processes, incl. gunicorn; CPU s per worker {r['worker_cpu_s']}); "
+              f"load generator CPU {r['client_cpu_ms']:.2f} ms/request; "
               f"energy {st.get('joules_per_request', 0.0):.4f} J/request (handler)"
             + f"\n[{fmt}] server memory: total RSS {mem['total_rss_mib']:.0f} MiB (master {mem['master_rss_mib']:.0f}, "
               f"workers {', '.join(f'{w:.0f}' for w in mem['worker_rss_mib'])}), "
@@ -471,7 +475,7 @@ def main() -> None:
     ap.add_argument("--worker-class", default="tilde", choices=("tilde", "sync", "gthread"))
     ap.add_argument("--threads", type=int, default=0, help="threads per worker (tilde, gthread; 0: the server's "
                                                            "default)")
-    ap.add_argument("--keepalive", type=int, default=None, help="keep-alive seconds (default: the server's, 0)")
+    ap.add_argument("--keepalive", type=int, default=None, help="keep-alive seconds (default: the server's, 5)")
     ap.add_argument("--slow-clients", type=int, default=8, help="slow clients in the slow-client run (0: skip it)")
     ap.add_argument("--slow-duration", type=float, default=40.0, help="seconds of the slow-client run")
     ap.add_argument("--preload", action=argparse.BooleanOptionalAction, default=True)

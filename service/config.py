@@ -176,7 +176,10 @@ class ServerConfig:
     # blocked thread for at most header_timeout/body_timeout, never the worker. Measured with 8
     # clients trickling 1 byte/s (benchmarks/service_load.py --slow-clients): sync served 2 probes
     # in 40 s and had its workers killed; gthread x 4 stalled probes for 17 s; x 16 answered all.
-    # Keep-alive is off by default so that connections spread over the workers as with sync.
+    # Keep-alive is on (5 s, as uvicorn's default): a new TCP connection per request was most of
+    # a 1,000-candidate request's cost. A kept-alive connection stays with the worker that
+    # accepted it, so after keepalive_requests responses the worker closes it (as nginx does) and
+    # the client's reconnection lands on whichever worker accepts first: the split stays even.
     worker_class: str = "tilde"
     threads: int = 0  # per worker (tilde, gthread): connections read or served at once; 0: 24 (1 for sync)
     preload: bool = True  # open the index once in the master and fork (shared page cache either way)
@@ -184,7 +187,8 @@ class ServerConfig:
     log_level: str = "warning"
     timeout: int = 30  # seconds a worker may be silent before the master restarts it
     graceful_timeout: int = 20  # seconds in-flight requests get after SIGTERM
-    keepalive: int = 0  # seconds an idle keep-alive connection is held (tilde, gthread); 0: close after each
+    keepalive: int = 5  # seconds an idle keep-alive connection is held (tilde, gthread); 0: close after each
+    keepalive_requests: int = 100  # responses on one kept-alive connection before it is closed (tilde); 0: no limit
     header_timeout: float = 10.0  # seconds a client gets to send the request line and headers (tilde)
     body_timeout: float = 30.0  # seconds a client gets to send the body (tilde)
     limit_request_line: int = 8190  # bytes; longer is a 414
@@ -203,6 +207,8 @@ class ServerConfig:
             # gunicorn would silently switch to gthread; say so instead
             raise ConfigError(f"{self.threads} threads per worker need worker class tilde or gthread (sync serves "
                               f"one request at a time per worker)")
+        if self.keepalive < 0 or self.keepalive_requests < 0:
+            raise ConfigError("keepalive and keepalive_requests must be >= 0")
         if not (self.header_timeout > 0 and self.body_timeout > 0):
             raise ConfigError("header_timeout and body_timeout must be > 0 seconds")
 

@@ -41,6 +41,10 @@ def settings(server: ServerConfig) -> dict[str, Any]:
         "limit_request_fields": server.limit_request_fields,
         "limit_request_field_size": server.limit_request_field_size,
         "proc_name": "tilde",
+        # Bodies are written with sendall, never os.sendfile: the tilde worker sends a response's
+        # headers with its first body write (service.worker.DeadlineSocket), which sendfile would
+        # overtake (the app never serves files anyway).
+        "sendfile": False,
         # The heartbeat file is touched on every request loop; on tmpfs that never waits for a disk.
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
         # gunicorn >= 25 opens a control socket at a fixed per-user path by default, which two

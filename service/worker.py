@@ -16,6 +16,13 @@ changes, each for a failure measured against the stock workers (``benchmarks/ser
   one that accepts and dispatches: a client that keeps sending after its 408 stalled every other
   connection of that worker for 2 s at a time (probe p99 233 ms, max 4 s, with 8 slow clients).
   The threads close their own connections here.
+* **Keep-alive without the round trip through the main loop, and without pinning.** A thread that
+  answered a kept-alive request waits up to ``HOT_LINGER_S`` for that client's next request and
+  serves it itself (unless other connections are waiting for a thread); gthread hands every
+  connection back to the main loop's poller and a fresh thread after each response. After
+  ``keepalive_requests`` responses a connection is closed (``Connection: close``, as nginx's
+  ``keepalive_requests``), so a client reconnects and the connections re-spread over the
+  workers: a kept-alive connection otherwise stays with the worker that accepted it forever.
 * **Nothing accepted is reset on SIGTERM.** A stopping worker first accepts every connection
   already waiting in the listen backlog and serves it (``Connection: close``) before it closes
   its copy of the listening socket; stock gunicorn closed the socket with them still queued, and
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import json
+import select
 import socket
 import time
 import uuid
@@ -60,15 +68,41 @@ def error_response(status: int, message: str, code: str | None = None) -> bytes:
 
 class DeadlineSocket:
     """A client socket whose reads fail with :class:`ReadTimeout` once ``deadline``
-    (``time.monotonic()``) has passed, however the bytes trickle in. Everything else is the
+    (``time.monotonic()``) has passed, however the bytes trickle in, and which sends a response's
+    headers together with its body: with ``hold`` set, the first ``sendall`` (gunicorn writes the
+    headers alone) is kept and goes out with the next one, or at :meth:`flush`. One system call
+    and one segment less per response, and the client is woken once. Everything else is the
     socket's own (the poller registers it by ``fileno()``)."""
 
-    __slots__ = ("deadline", "limit", "sock")
+    __slots__ = ("deadline", "hold", "limit", "pending", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.deadline: float | None = None
         self.limit = ""  # what the deadline is, for the error message
+        self.hold = False
+        self.pending = b""
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        if self.hold:
+            self.hold = False
+            self.pending = bytes(data)
+            return
+        if self.pending:
+            data, self.pending = self.pending + bytes(data), b""
+        self.sock.sendall(data, flags)
+
+    def flush(self) -> None:
+        """Send what :meth:`sendall` held (a response with no body after its headers)."""
+        self.hold = False
+        if self.pending:
+            data, self.pending = self.pending, b""
+            self.sock.sendall(data)
+
+    def discard(self) -> None:
+        """Drop held bytes (a response that failed before its body: an error answer follows)."""
+        self.hold = False
+        self.pending = b""
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         deadline = self.deadline
@@ -89,10 +123,18 @@ class DeadlineSocket:
         return getattr(self.sock, name)
 
 
+# Seconds a thread that answered a kept-alive request waits for the client's next one before it
+# hands the connection back to the main loop's poller (which costs two thread switches and four
+# system calls a request, and makes the next request wait for the main thread).
+HOT_LINGER_S = 0.005
+
+
 class _Conn(TConn):
-    """A connection whose lingering close may already have been done by its thread."""
+    """A connection whose lingering close may already have been done by its thread, counting the
+    requests it has carried."""
 
     closed = False
+    requests = 0
 
     def close(self, graceful: bool = False) -> None:
         if self.closed:
@@ -110,6 +152,7 @@ class TildeWorker(ThreadWorker):
         server = from_env(ServerConfig)
         self.header_timeout = server.header_timeout
         self.body_timeout = server.body_timeout
+        self.keepalive_requests = server.keepalive_requests
 
     # -- connections get a deadline-aware socket ---------------------------------------------
 
@@ -126,6 +169,25 @@ class TildeWorker(ThreadWorker):
         self.enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:
+        """Serve the connection's request, then, while it stays alive, the requests that follow
+        within :data:`HOT_LINGER_S` (see the module); True hands it back to the poller."""
+        while True:
+            result = self._handle_one(conn)
+            if result is not True or not self.alive:
+                return result
+            if conn.parser.unreader.buf.getvalue():
+                continue  # the next request is already read (pipelined)
+            waiting = getattr(self.tpool, "_work_queue", None)  # ThreadPoolExecutor's queue of work
+            if waiting is not None and not waiting.empty():
+                return True  # other connections wait for a thread: this one goes back to the poller
+            try:
+                readable, _, _ = select.select([conn.sock], [], [], HOT_LINGER_S)
+            except (OSError, ValueError):
+                return False
+            if not readable:
+                return True
+
+    def _handle_one(self, conn: Any) -> Any:
         sock = conn.sock
         if isinstance(sock, DeadlineSocket):
             sock.deadline = time.monotonic() + self.header_timeout
@@ -146,11 +208,23 @@ class TildeWorker(ThreadWorker):
         return result
 
     def handle_request(self, req: Any, conn: Any) -> Any:
+        if isinstance(conn, _Conn):
+            conn.requests += 1
+            if self.keepalive_requests and conn.requests >= self.keepalive_requests:
+                req.must_close = True  # answered with "Connection: close": the client reconnects
         sock = conn.sock
-        if isinstance(sock, DeadlineSocket):
-            sock.deadline = time.monotonic() + self.body_timeout
-            sock.limit = f"request body not received within {self.body_timeout:g} s (body_timeout)"
-        return super().handle_request(req, conn)
+        if not isinstance(sock, DeadlineSocket):
+            return super().handle_request(req, conn)
+        sock.deadline = time.monotonic() + self.body_timeout
+        sock.limit = f"request body not received within {self.body_timeout:g} s (body_timeout)"
+        sock.hold = True  # the headers wait for the body (sendfile is off: see service.gunicorn_conf)
+        try:
+            result = super().handle_request(req, conn)
+        except BaseException:
+            sock.discard()
+            raise
+        sock.flush()
+        return result
 
     # -- errors gunicorn answers itself --------------------------------------------------------
 

@@ -441,7 +441,7 @@ def test_gunicorn_settings_and_cli_errors(capsys: pytest.CaptureFixture[str]) ->
 
     s = settings(ServerConfig(port=9, workers=3))
     assert s["bind"] == ["127.0.0.1:9"] and s["workers"] == 3 and s["worker_class"] == "service.worker.TildeWorker"
-    assert s["threads"] == 24 and s["keepalive"] == 0
+    assert s["threads"] == 24 and s["keepalive"] == 5
     assert settings(ServerConfig(worker_class="sync"))["threads"] == 1
     assert s["accesslog"] is None and s["preload_app"] is True
     assert main(["serve"]) == 2

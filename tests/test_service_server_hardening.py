@@ -38,7 +38,9 @@ class Server:
         return {int(p) for p in out.stdout.split()}
 
     def raw(self, data: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-        """Send ``data`` on a fresh connection and read the whole answer (also after a failed send)."""
+        """Send ``data`` on a fresh connection and read the whole answer (also after a failed send):
+        to its Content-Length, as an HTTP client does (the server keeps the connection alive),
+        else to the end of the connection."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
             try:
                 s.sendall(data)
@@ -48,9 +50,23 @@ class Server:
             try:
                 while chunk := s.recv(65536):
                     buf += chunk
+                    if complete(buf):
+                        break
             except OSError:
                 pass
         return parse(buf)
+
+
+def complete(buf: bytes) -> bool:
+    """Whether ``buf`` holds a whole response with a Content-Length."""
+    head, sep, body = buf.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 def parse(buf: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -237,6 +253,42 @@ def test_worst_allowed_request_answered_and_over_budget_refused(server: Server) 
     worst["queries"].append({"query": "apple", "ids": [10]})
     status, headers, out = server.raw(post("/v1/rerank/batch", json.dumps(worst).encode()), timeout=60)
     assert status == 422 and error_code(status, headers, out) == "over_budget" and b"max_candidates" in out
+
+
+def read_response(s: socket.socket, buf: bytes) -> tuple[int, dict[str, str], bytes, bytes]:
+    """One response off a kept-alive connection: (status, headers, body, the bytes after it)."""
+    while not complete(buf):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    status, headers, rest = parse(buf)
+    n = int(headers.get("content-length", len(rest)))
+    return status, headers, rest[:n], rest[n:]
+
+
+def test_keepalive_serves_many_requests_then_closes_to_rebalance(server: Server) -> None:
+    from service.config import ServerConfig
+
+    limit = ServerConfig().keepalive_requests
+    assert limit > 2
+    body = json.dumps({"query": "apple", "ids": [10, 20]}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        buf = b""
+        # two requests sent at once (pipelined) are answered in order on the same connection
+        s.sendall(post("/v1/rerank", body) + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, out, buf = read_response(s, buf)
+        assert status == 200 and json.loads(out)["results"][0]["id"] in (10, 20)
+        assert headers.get("connection", "keep-alive").lower() != "close"
+        status, headers, out, buf = read_response(s, buf)
+        assert status == 200 and json.loads(out)["status"] == "ok"
+        for i in range(3, limit + 1):
+            s.sendall(post("/v1/rerank", body))
+            status, headers, out, buf = read_response(s, buf)
+            assert status == 200, (i, out[:200])
+            closing = headers.get("connection", "").lower() == "close"
+            assert closing == (i == limit), (i, headers)
+        assert buf == b"" and s.recv(65536) == b""  # the server closed it after the last response
 
 
 def test_sigterm_answers_every_queued_request(server: Server) -> None:

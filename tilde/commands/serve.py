@@ -38,8 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "no reset on SIGTERM; sync and gthread are gunicorn's own, for comparison)")
     p.add_argument("--threads", type=int, help="threads per worker: connections read or served at once "
                                                "(default 24; 1 for sync)")
-    p.add_argument("--keepalive", type=int, help="seconds an idle connection is kept open (default 0: close after "
-                                                 "each response, which spreads connections over the workers)")
+    p.add_argument("--keepalive", type=int, help="seconds an idle connection is kept open (default 5; 0: close after "
+                                                 "each response)")
+    p.add_argument("--keepalive-requests", type=int,
+                   help="responses on one connection before the server closes it, so that connections re-spread "
+                        "over the workers (default 100; 0: no limit)")
     p.add_argument("--header-timeout", type=float, help="seconds a client gets to send its headers (default 10)")
     p.add_argument("--body-timeout", type=float, help="seconds a client gets to send its body (default 30)")
     p.add_argument("--preload", action=argparse.BooleanOptionalAction, default=None,
@@ -127,11 +130,13 @@ def main(args: argparse.Namespace) -> int:
         ServerConfig, host=args.host, port=args.port, workers=args.workers, worker_class=args.worker_class,
         threads=args.threads, preload=args.preload, access_log=args.access_log, log_level=args.log_level,
         timeout=args.timeout, graceful_timeout=args.graceful_timeout, keepalive=args.keepalive,
+        keepalive_requests=args.keepalive_requests,
         header_timeout=args.header_timeout, body_timeout=args.body_timeout,
     )
     # The worker class reads its read deadlines from the environment it inherits.
     os.environ["TILDE_HEADER_TIMEOUT"] = str(server.header_timeout)
     os.environ["TILDE_BODY_TIMEOUT"] = str(server.body_timeout)
+    os.environ["TILDE_KEEPALIVE_REQUESTS"] = str(server.keepalive_requests)
     if not service.index:
         raise CommandError("no index: pass --index DIR (or set TILDE_INDEX)")
     if not os.path.isdir(service.index):
