@@ -1,5 +1,5 @@
 """How fast the service encodes texts that are not in the index: requests of 100 texts of 128
-tokens (126 word pieces + [CLS] + [SEP], the default recipe's passage length), each step timed,
+tokens (126 word pieces + [CLS] + [SEP]: one MLM input of the narrowest padded width), each step timed,
 against the implementation before this one (torch bi-encoder over the whole request as one batch)
 measured in the same run, on 1 and 2 threads.
 
