@@ -180,8 +180,10 @@ class TildeWorker(ThreadWorker):
             waiting = getattr(self.tpool, "_work_queue", None)  # ThreadPoolExecutor's queue of work
             if waiting is not None and not waiting.empty():
                 return True  # other connections wait for a thread: this one goes back to the poller
-            try:
-                readable, _, _ = select.select([conn.sock], [], [], HOT_LINGER_S)
+            try:  # poll, not select: a worker's descriptors may number past select's 1,024
+                poller = select.poll()
+                poller.register(conn.sock.fileno(), select.POLLIN)
+                readable = poller.poll(HOT_LINGER_S * 1e3)
             except (OSError, ValueError):
                 return False
             if not readable:
