@@ -328,6 +328,19 @@ def test_kernels_refuse_bad_arrays_without_reading_out_of_bounds() -> None:
         score_rows(good, tokens, codes, small, np.array([0]), q, c, 100)
     with pytest.raises(ValueError):
         feedback_terms(good, tokens, codes, small, np.array([0]), np.ones(1), q, 5, 0.5, 100)
+    # damage the scoring loop might never read, caught by the kernel's touch of each row: a token
+    # out of order a quarter into the row, a weight code outside the table where no query token
+    # matches
+    row = np.array([0, 8], np.int64)
+    swapped = np.array([1, 2, 9, 4, 5, 6, 7, 8], dtype=np.uint16)
+    eight = np.full(8, 1, dtype=np.uint16)
+    assert score_rows(row, np.arange(1, 9, dtype=np.uint16), eight, small, np.array([0]), q, c, 100).tolist() == [1.0]
+    with pytest.raises(ValueError, match="ascending"):
+        score_rows(row, swapped, eight, small, np.array([0]), q, c, 100)
+    bad_code = eight.copy()
+    bad_code[0] = 7
+    with pytest.raises(ValueError, match="weight code"):
+        score_rows(row, np.arange(1, 9, dtype=np.uint16), bad_code, small, np.array([0]), q, c, 100)
 
 
 def test_legacy_index_without_file_list(pristine: dict, tmp_path: Path) -> None:

@@ -67,16 +67,25 @@ def score_rows(
             hi_a[i] = 0
     # Touch each row's postings once with independent loads before scoring: the CPU keeps many
     # of these cache misses in flight at once, whereas the binary searches below are chains of
-    # dependent loads. Measured on a 1M-passage index: 0.55 ms -> 0.32 ms per 1,000 candidates.
+    # dependent loads. Measured on a 1M-passage index: 0.55 ms -> 0.32 ms per 1,000 candidates
+    # with the first, middle and last token; 0.345 -> 0.254 ms (same run) adding the tokens at a
+    # quarter and three quarters and the first and last weight codes (the codes are read only
+    # where a query token matches, so those misses came one by one); every 16th token instead:
+    # slower (0.347 vs 0.329).
     for i in range(n):
         lo = lo_a[i]
         hi = hi_a[i]
         if hi > lo:
             first = tokens[lo]
+            q1 = tokens[(3 * lo + hi) >> 2]
             mid = tokens[(lo + hi) >> 1]
+            q3 = tokens[(lo + 3 * hi) >> 2]
             last = tokens[hi - 1]
-            if last >= vocab_size or first > mid or mid > last or (hi - lo > 1 and first == last):
+            if (last >= vocab_size or first > q1 or q1 > mid or mid > q3 or q3 > last
+                    or (hi - lo > 1 and first == last)):
                 raise ValueError("token ids not ascending within a row, or beyond the vocabulary")
+            if codes[lo] >= n_codes or codes[hi - 1] >= n_codes:
+                raise ValueError("weight code outside the weight table")
     out = np.zeros(n, dtype=np.float64)
     nq = q_ids.shape[0]
     for i in range(n):
