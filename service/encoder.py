@@ -260,18 +260,13 @@ def _dense_session(module: Any, threads: int) -> Any:
         import onnxruntime as ort
 
         from tilde.encoders.export import DEFAULT_OPSET, _export
+        from tilde.encoders.query import session_options
 
         with tempfile.TemporaryDirectory(prefix="tilde-dense-") as tmp:
             path = Path(tmp) / "model.onnx"
             _export(module, path, DEFAULT_OPSET, "sentence_embedding")
             graph = path.read_bytes()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(graph, session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # an export or runtime problem costs speed, never the service
         logger.warning("bi-encoder on torch (ONNX export unavailable: %s: %s)", type(exc).__name__, exc)
         return None

@@ -26,7 +26,19 @@ from tokenizers import Tokenizer
 
 from tilde.encoders.spec import EncoderConfig, sha256_file
 
-__all__ = ["DenseQueryEncoder", "MlmQueryEncoder", "QueryEncoder"]
+__all__ = ["DenseQueryEncoder", "MlmQueryEncoder", "QueryEncoder", "session_options"]
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """ONNX Runtime options for a small encoder run one input at a time: ``threads`` intra-op
+    threads, sequential execution, every graph optimisation, warnings off."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
 
 
 class QueryEncoder:
@@ -66,12 +78,7 @@ class QueryEncoder:
             raise ValueError(f"{folder / 'tokenizer.json'}: unreadable tokenizer ({exc})") from exc
         tokenizer.no_truncation()
         tokenizer.no_padding()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts = session_options(threads)
         try:
             session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
