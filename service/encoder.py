@@ -43,15 +43,12 @@ from .textcache import Encoded, TextCache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DENSE_BATCH", "MLM_BATCH", "ModelMismatchError", "TextEncoder", "index_models"]
+__all__ = ["DENSE_BATCH", "ModelMismatchError", "TextEncoder", "index_models"]
 
 # Texts per bi-encoder forward pass: fastest on 1 core for 128-token passages (on ONNX Runtime,
 # measured on the shared 2-core machine under load: 8: 23 texts/s, 16: 15, 100: 17; with torch
 # 8: 17, 100: 9). benchmarks/encode_texts.py measures the result: about 50 texts/s unloaded.
 DENSE_BATCH = 8
-# Passages handed to the MLM at once; impact_postings splits them into passes of at most
-# PASS_POSITIONS padded positions (results depend on neither: a passage's padded width is its own).
-MLM_BATCH = 64
 
 
 class ModelMismatchError(ValueError):
@@ -186,11 +183,9 @@ class TextEncoder:
         if self.impact:
             from tilde.index.impact import impact_postings
 
-            out: list[tuple[np.ndarray, np.ndarray]] = []
+            # impact_postings groups the texts by padded width and bounds each forward pass itself
             with self._lock:
-                for i in range(0, len(ids), MLM_BATCH):
-                    out += impact_postings(self.expander, ids[i : i + MLM_BATCH], self._stop, self._padding)
-            return out
+                return impact_postings(self.expander, ids, self._stop, self._padding)
         from tilde.model import encode, passage_input_ids
 
         inputs = [passage_input_ids(i, self._cls, self._sep) for i in ids]

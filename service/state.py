@@ -89,9 +89,7 @@ class ServiceState:
         in memory at start). A BM25 index that keeps texts serves return_documents either way."""
         from tilde.first_stage import BM25Index
 
-        kind = self.config.first_stage
-        if kind not in ("bm25", "impact"):
-            raise ConfigError(f"first_stage must be bm25 or impact, not {kind!r}")
+        kind = self.config.first_stage  # bm25 or impact (ServiceConfig checks it)
         path = self.config.bm25
         if path is None and (Path(self.config.index) / "bm25" / "manifest.json").is_file():
             path = str(Path(self.config.index) / "bm25")
