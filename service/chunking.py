@@ -1,7 +1,7 @@
 """Long texts cut into passages: consecutive, non-overlapping windows of word pieces.
 
 A document sent as text is scored like a passage of the index, and a passage is at most the
-index's passage length (``window`` word pieces besides ``[CLS]`` and ``[SEP]``: 126 for the
+index's passage length (``window`` word pieces besides ``[CLS]`` and ``[SEP]``: 510 for the
 default recipe). A longer text is cut, as Cohere's rerank documents it, into consecutive chunks
 of at most ``window`` word pieces, each is encoded and scored as a passage, and the document gets
 its best chunk's score. Chunks do not overlap: Cohere's don't, and an overlap would spend the

@@ -41,9 +41,9 @@ DEFAULT_MAX_ENCODE_TOKENS = 18_432
 DEFAULT_MAX_CHUNKS_PER_DOC = 10
 # What the budget charges a passage besides its tokens: the MLM input is padded (to 128 for a
 # passage of up to 128 tokens, as the build pads it, so weights match bit for bit), which makes a
-# short passage cost about as much as 16 more tokens (default recipe, 1 core: 8.3 ms for 16 tokens, 37 ms for 128;
-# benchmarks/encode_texts.py). Charged this way, any mix of lengths the budget admits takes
-# about the same time.
+# short passage cost about as much as 16 more tokens (default recipe, 1 core: 8.3 ms for 16
+# tokens, 37 ms for 128; benchmarks/encode_texts.py). Charged this way, any mix of lengths the
+# budget admits takes about the same time.
 PASSAGE_COST_TOKENS = 16
 
 
