@@ -2,6 +2,7 @@
 
     python -m eval.tune_fusion --data ../shared/data/dl21 [--data ../shared/data/scifact --split train]
                                [--signals mlm,dense,first_stage] [--step 0.1] [--top 10]
+                               [--normalization minmax,zscore] [--dense-feedback 3:1]
 
 Each ``--data`` is a TREC DL folder (its BM25 top-100 run) or a BEIR folder (embedded BM25
 top-100 of ``--split``); its passages are indexed with the default recipe (cached, as the
@@ -9,6 +10,11 @@ evaluation scripts do). Every signal is computed once per query, then each weigh
 grid (``step`` apart, summing to 1) is scored by nDCG@10, averaged over the data sets given (each
 counts equally). Prints the best vectors; the recipe's weights (tilde.models.DEFAULT_RECIPE) were
 chosen this way on DL21. Never pass a test set (DL19, SciFact test) here.
+
+With ``--dense-feedback DOCS:WEIGHT`` every weight vector is scored by the re-ranker itself as
+``fused:<weights>;dense_feedback=DOCS:WEIGHT`` (the dense query moves towards the best fused
+candidates, then the candidates are fused again), so the grid measures what the recipe serves;
+vectors without a dense weight, or with only one, are skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +34,7 @@ from .metrics import evaluate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["is_test_set", "main", "simplex"]
+__all__ = ["feedback_grid", "is_test_set", "main", "simplex"]
 
 TEST_SETS = {("dl19", None), ("scifact", "test")}
 
@@ -45,7 +52,27 @@ def simplex(n: int, step: float) -> list[tuple[float, ...]]:
     return [tuple(c / k for c in combo) for combo in itertools.product(range(k + 1), repeat=n) if sum(combo) == k]
 
 
-def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm25_tmp: Path) -> tuple[
+def feedback_grid(names: Sequence[str], step: float, normalization: str,
+                  feedback: tuple[int, float]) -> list[tuple[str, Any]]:
+    """(key, Scoring) per weight vector of the grid that dense feedback applies to: a positive
+    dense weight and at least one other signal weighted."""
+    from tilde.rank.scoring import Scoring
+
+    if "dense" not in names:
+        raise ValueError("--dense-feedback needs the dense signal in --signals")
+    out = []
+    for w in simplex(len(names), step):
+        weights = dict(zip(names, w))
+        if weights["dense"] <= 0 or weights["dense"] >= 1:
+            continue
+        sc = Scoring("fused", weights, normalization=normalization,
+                     dense_feedback={"docs": int(feedback[0]), "weight": float(feedback[1])})
+        out.append((f"{normalization}|{sc}", sc))
+    return out
+
+
+def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm25_tmp: Path,
+             specs: Sequence[tuple[str, Any]] = ()) -> tuple[
         dict[str, list[str]], dict[str, dict[str, np.ndarray]], dict[str, dict[str, int]]]:
     from tilde.io import read_qrels, read_queries, read_run
     from tilde.rank import Reranker
@@ -91,6 +118,12 @@ def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm
             full = np.zeros(len(ids))
             full[res.order] = res.scores
             sig[qid][name] = full
+        fs = np.array([s for _, s in entries], dtype=np.float64)
+        for key, sc in specs:  # whole scorings (fusion with dense feedback), by the re-ranker itself
+            res = rr.rerank(queries[qid], ids, missing="zero", mode=sc, first_stage=fs)
+            full = np.zeros(len(ids))
+            full[res.order] = res.scores
+            sig[qid][key] = full
         sig[qid]["_known"] = rows >= 0  # type: ignore[assignment]
     return cands, sig, qrels
 
@@ -104,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--normalization", default="minmax", help="minmax (default) or zscore, or both: minmax,zscore")
+    p.add_argument("--dense-feedback", default=None, metavar="DOCS:WEIGHT",
+                   help="score every vector with this dense feedback, as the re-ranker serves it (e.g. 3:1)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from ir_measures import nDCG
@@ -111,6 +146,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tilde.rank.fusion import fuse
 
     names = [s.strip() for s in args.signals.split(",") if s.strip()]
+    specs: list[tuple[str, Any]] = []
+    if args.dense_feedback:
+        docs, colon, weight = args.dense_feedback.partition(":")
+        try:
+            fb = (int(docs), float(weight))
+            if not colon:
+                raise ValueError
+            for normalization in args.normalization.split(","):
+                specs += feedback_grid(names, args.step, normalization, fb)
+        except ValueError as exc:
+            print(f"eval.tune_fusion: error: --dense-feedback {args.dense_feedback!r}: {exc or 'expected DOCS:WEIGHT'}",
+                  file=sys.stderr)
+            return 2
     sets = []
     for d in args.data:
         data = Path(d)
@@ -118,10 +166,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"eval.tune_fusion: error: {data.name} is a test set; tune on DL21 / SciFact train", file=sys.stderr)
             return 2
         with tempfile.TemporaryDirectory() as tmp:
-            sets.append((data.name, *_signals(data, args.split, names, args.cache_dir, Path(tmp) / "bm25")))
+            sets.append((data.name, *_signals(data, args.split, [] if specs else names, args.cache_dir,
+                                              Path(tmp) / "bm25", specs)))
     grid = simplex(len(names), args.step)
     results = []
-    for normalization in args.normalization.split(","):
+    for key, sc in specs:
+        per_set = []
+        for _, cands, sig, qrels in sets:
+            run = {qid: list(zip(ids, sig[qid][key].tolist())) for qid, ids in cands.items()}
+            per_set.append(evaluate(run, qrels, {"ndcg@10": nDCG @ 10}).aggregate["ndcg@10"])
+        results.append((float(np.mean(per_set)), tuple(sc.weights[n] for n in names), per_set, sc.normalization))
+    for normalization in ([] if specs else args.normalization.split(",")):
         for w in grid:
             weights = dict(zip(names, w))
             if not any(v > 0 for k, v in weights.items() if k != "first_stage"):
@@ -142,8 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = " ".join(f"{n}={v:.2f}" for n, v in zip(names, w))
         print(f"{mean:.4f}  {normalization:<6} {cells}  ({' '.join(f'{x:.4f}' for x in per_set)})")
     best = results[0]
-    print("best: fused:" + ",".join(f"{n}={v:g}" for n, v in zip(names, best[1])) + f" normalization={best[3]}"
-          f" ndcg@10={best[0]:.4f}")
+    extra = f";dense_feedback={args.dense_feedback}" if specs else ""
+    print("best: fused:" + ",".join(f"{n}={v:g}" for n, v in zip(names, best[1])) + extra +
+          f" normalization={best[3]} ndcg@10={best[0]:.4f}")
     return 0
 
 

@@ -372,3 +372,32 @@ def test_beir_script_on_scifact(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "published BM25 flat (Anserini): nDCG@10 0.6789" in out
     assert out.strip().splitlines()[-1] == "bm25_ndcg@10=0.6789 bm25_r@100=0.9253"
+
+
+# -------------------------------------------------------------------------------------------
+# eval.tune_fusion with dense feedback
+
+
+def test_tune_fusion_feedback_grid_scores_what_the_recipe_serves() -> None:
+    from eval.tune_fusion import feedback_grid, simplex
+
+    specs = feedback_grid(["mlm", "dense", "first_stage"], 0.1, "zscore", (3, 1.0))
+    weights = [sc.weights for _, sc in specs]
+    # every simplex point whose dense weight lies strictly between 0 and 1, and nothing else
+    expected = [dict(zip(["mlm", "dense", "first_stage"], w)) for w in simplex(3, 0.1) if 0 < w[1] < 1]
+    assert weights == expected and len(specs) == 54  # 66 points, 11 with dense 0, 1 with dense 1
+    key, sc = next((k, s) for k, s in specs if s.weights == {"mlm": 0.2, "dense": 0.6, "first_stage": 0.2})
+    assert sc.mode == "fused" and sc.normalization == "zscore"
+    assert sc.dense_feedback == {"docs": 3, "weight": 1.0}
+    assert key == "zscore|fused:mlm=0.2,dense=0.6,first_stage=0.2;dense_feedback=3:1"
+    with pytest.raises(ValueError, match="dense signal"):
+        feedback_grid(["mlm", "first_stage"], 0.1, "minmax", (3, 1.0))
+
+
+@pytest.mark.parametrize("value", ["3", "x:1", "3:y", "0:1"])
+def test_tune_fusion_rejects_a_bad_dense_feedback(value: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from eval.tune_fusion import main
+
+    assert main(["--data", str(tmp_path), "--dense-feedback", value]) == 2
+    assert "--dense-feedback" in capsys.readouterr().err
