@@ -14,7 +14,7 @@ chosen this way on DL21. Never pass a test set (DL19, SciFact test) here.
 With ``--dense-feedback DOCS:WEIGHT`` every weight vector is scored by the re-ranker itself as
 ``fused:<weights>;dense_feedback=DOCS:WEIGHT`` (the dense query moves towards the best fused
 candidates, then the candidates are fused again), so the grid measures what the recipe serves;
-vectors without a dense weight, or with only one, are skipped.
+vectors without a dense weight are skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import itertools
 import logging
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,8 @@ def simplex(n: int, step: float) -> list[tuple[float, ...]]:
 
 def feedback_grid(names: Sequence[str], step: float, normalization: str,
                   feedback: tuple[int, float]) -> list[tuple[str, Any]]:
-    """(key, Scoring) per weight vector of the grid that dense feedback applies to: a positive
-    dense weight and at least one other signal weighted."""
+    """(key, Scoring) per weight vector of the grid that dense feedback applies to (a positive
+    dense weight)."""
     from tilde.rank.scoring import Scoring
 
     if "dense" not in names:
@@ -63,7 +65,7 @@ def feedback_grid(names: Sequence[str], step: float, normalization: str,
     out = []
     for w in simplex(len(names), step):
         weights = dict(zip(names, w))
-        if weights["dense"] <= 0 or weights["dense"] >= 1:
+        if weights["dense"] <= 0:
             continue
         sc = Scoring("fused", weights, normalization=normalization,
                      dense_feedback={"docs": int(feedback[0]), "weight": float(feedback[1])})
@@ -72,7 +74,7 @@ def feedback_grid(names: Sequence[str], step: float, normalization: str,
 
 
 def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm25_tmp: Path,
-             specs: Sequence[tuple[str, Any]] = ()) -> tuple[
+             scorings: Mapping[str, Any] | None = None) -> tuple[
         dict[str, list[str]], dict[str, dict[str, np.ndarray]], dict[str, dict[str, int]]]:
     from tilde.io import read_qrels, read_queries, read_run
     from tilde.rank import Reranker
@@ -108,24 +110,30 @@ def _signals(data: Path, split: str, names: Sequence[str], cache: str | None, bm
         cands[qid] = ids
         sig[qid] = {}
         rows = rr.index.lookup(ids)
+        fs = np.array([s for _, s in entries], dtype=np.float64)
         for name in names:
             if name == "first_stage":
-                sig[qid][name] = np.array([s for _, s in entries], dtype=np.float64)
+                sig[qid][name] = fs
                 continue
-            # a mode name, or a whole scoring spec ("fused:...") scored by the re-ranker itself
-            fs = np.array([s for _, s in entries], dtype=np.float64) if name.startswith("fused") else None
-            res = rr.rerank(queries[qid], ids, missing="zero", mode=name, first_stage=fs)
+            # a mode name, a whole scoring spec ("fused:..."), or a key of ``scorings`` (a Scoring),
+            # scored by the re-ranker itself
+            mode = (scorings or {}).get(name, name)
+            fused = not isinstance(mode, str) or mode.startswith("fused")
+            res = rr.rerank(queries[qid], ids, missing="zero", mode=mode, first_stage=fs if fused else None)
             full = np.zeros(len(ids))
             full[res.order] = res.scores
             sig[qid][name] = full
-        fs = np.array([s for _, s in entries], dtype=np.float64)
-        for key, sc in specs:  # whole scorings (fusion with dense feedback), by the re-ranker itself
-            res = rr.rerank(queries[qid], ids, missing="zero", mode=sc, first_stage=fs)
-            full = np.zeros(len(ids))
-            full[res.order] = res.scores
-            sig[qid][key] = full
         sig[qid]["_known"] = rows >= 0  # type: ignore[assignment]
     return cands, sig, qrels
+
+
+def _fused(signals: dict[str, np.ndarray], weights: dict[str, float], normalization: str) -> np.ndarray:
+    """The fusion of one query's signals (``_known``: the candidates the index holds)."""
+    from tilde.rank.fusion import fuse
+
+    scores, _ = fuse({k: v for k, v in signals.items() if k != "_known"}, weights, mask=signals["_known"],
+                     normalization=normalization)
+    return scores
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,20 +151,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from ir_measures import nDCG
 
-    from tilde.rank.fusion import fuse
-
     names = [s.strip() for s in args.signals.split(",") if s.strip()]
-    specs: list[tuple[str, Any]] = []
+    specs: dict[str, Any] = {}
     if args.dense_feedback:
         docs, colon, weight = args.dense_feedback.partition(":")
         try:
-            fb = (int(docs), float(weight))
             if not colon:
-                raise ValueError
+                raise ValueError("expected DOCS:WEIGHT, e.g. 3:1")
+            fb = (int(docs), float(weight))
             for normalization in args.normalization.split(","):
-                specs += feedback_grid(names, args.step, normalization, fb)
+                specs.update(feedback_grid(names, args.step, normalization, fb))
         except ValueError as exc:
-            print(f"eval.tune_fusion: error: --dense-feedback {args.dense_feedback!r}: {exc or 'expected DOCS:WEIGHT'}",
+            print(f"eval.tune_fusion: error: --dense-feedback {args.dense_feedback!r}: {exc}",
                   file=sys.stderr)
             return 2
     sets = []
@@ -166,30 +172,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"eval.tune_fusion: error: {data.name} is a test set; tune on DL21 / SciFact train", file=sys.stderr)
             return 2
         with tempfile.TemporaryDirectory() as tmp:
-            sets.append((data.name, *_signals(data, args.split, [] if specs else names, args.cache_dir,
+            sets.append((data.name, *_signals(data, args.split, list(specs) if specs else names, args.cache_dir,
                                               Path(tmp) / "bm25", specs)))
-    grid = simplex(len(names), args.step)
-    results = []
-    for key, sc in specs:
-        per_set = []
+
+    def ndcg_per_set(scores_of: Callable[[dict[str, np.ndarray]], np.ndarray]) -> list[float]:
+        """nDCG@10 per data set of the run that ``scores_of(signals of a query)`` ranks."""
+        out = []
         for _, cands, sig, qrels in sets:
-            run = {qid: list(zip(ids, sig[qid][key].tolist())) for qid, ids in cands.items()}
-            per_set.append(evaluate(run, qrels, {"ndcg@10": nDCG @ 10}).aggregate["ndcg@10"])
-        results.append((float(np.mean(per_set)), tuple(sc.weights[n] for n in names), per_set, sc.normalization))
+            run = {qid: list(zip(ids, scores_of(sig[qid]).tolist())) for qid, ids in cands.items()}
+            out.append(evaluate(run, qrels, {"ndcg@10": nDCG @ 10}).aggregate["ndcg@10"])
+        return out
+
+    results = []
+    for key, sc in specs.items():  # scored whole by the re-ranker
+        got = ndcg_per_set(itemgetter(key))
+        results.append((float(np.mean(got)), tuple(sc.weights[n] for n in names), got, sc.normalization))
     for normalization in ([] if specs else args.normalization.split(",")):
-        for w in grid:
+        for w in simplex(len(names), args.step):
             weights = dict(zip(names, w))
             if not any(v > 0 for k, v in weights.items() if k != "first_stage"):
                 continue
-            per_set = []
-            for _, cands, sig, qrels in sets:
-                run = {}
-                for qid, ids in cands.items():
-                    scores, _ = fuse({k: v for k, v in sig[qid].items() if k != "_known"}, weights,
-                                     mask=sig[qid]["_known"], normalization=normalization)
-                    run[qid] = list(zip(ids, scores.tolist()))
-                per_set.append(evaluate(run, qrels, {"ndcg@10": nDCG @ 10}).aggregate["ndcg@10"])
-            results.append((float(np.mean(per_set)), w, per_set, normalization))
+            got = ndcg_per_set(partial(_fused, weights=weights, normalization=normalization))
+            results.append((float(np.mean(got)), w, got, normalization))
     results.sort(key=lambda r: -r[0])
     label = " ".join(name for name, *_ in sets)
     print(f"{len(results)} weight vectors over {', '.join(names)} on {label} (nDCG@10, mean over sets)")

@@ -383,9 +383,9 @@ def test_tune_fusion_feedback_grid_scores_what_the_recipe_serves() -> None:
 
     specs = feedback_grid(["mlm", "dense", "first_stage"], 0.1, "zscore", (3, 1.0))
     weights = [sc.weights for _, sc in specs]
-    # every simplex point whose dense weight lies strictly between 0 and 1, and nothing else
-    expected = [dict(zip(["mlm", "dense", "first_stage"], w)) for w in simplex(3, 0.1) if 0 < w[1] < 1]
-    assert weights == expected and len(specs) == 54  # 66 points, 11 with dense 0, 1 with dense 1
+    # every simplex point with a positive dense weight, and nothing else
+    expected = [dict(zip(["mlm", "dense", "first_stage"], w)) for w in simplex(3, 0.1) if w[1] > 0]
+    assert weights == expected and len(specs) == 55  # 66 points, 11 with dense 0
     key, sc = next((k, s) for k, s in specs if s.weights == {"mlm": 0.2, "dense": 0.6, "first_stage": 0.2})
     assert sc.mode == "fused" and sc.normalization == "zscore"
     assert sc.dense_feedback == {"docs": 3, "weight": 1.0}
@@ -400,4 +400,7 @@ def test_tune_fusion_rejects_a_bad_dense_feedback(value: str, tmp_path: Path,
     from eval.tune_fusion import main
 
     assert main(["--data", str(tmp_path), "--dense-feedback", value]) == 2
-    assert "--dense-feedback" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--dense-feedback" in err
+    if value == "3":
+        assert "expected DOCS:WEIGHT" in err
